@@ -1,0 +1,227 @@
+"""Soft Actor-Critic, as in CleanRL's `sac_continuous_action.py`.
+
+Papers: Haarnoja et al. 2018, "Soft Actor-Critic" (https://arxiv.org/abs/1801.01290) and "Soft Actor-Critic
+Algorithms and Applications" (automatic entropy tuning, https://arxiv.org/abs/1812.05905).
+Reference code: https://github.com/vwxyzjn/cleanrl/blob/master/cleanrl/sac_continuous_action.py
+
+Same algorithm and hyperparameter names as CleanRL; what differs is for speed or for the lab's interface:
+- the critics' weights are frozen during the actor's backward pass, so it computes no critic weight grads;
+- the actor and temperature losses share one backward pass and one optimiser step (disjoint parameters);
+- no `.item()` or other host read in the update, so on CUDA it never waits for the device;
+- `replay_ratio` gradient updates per environment transition (CleanRL: 1);
+- `learning_starts` defaults to 1000 instead of 5000, so short budgets (Pendulum at 8000 steps) learn.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import torch
+from torch import nn
+
+from agents.common import (HyperparametersBase, ReplayBuffer, action_bounds, load_rng_state,
+                           make_generator, observation_shape, rng_state, tanh_gaussian)
+from lab import UsageError
+
+
+@dataclasses.dataclass
+class Hyperparameters(HyperparametersBase):
+    buffer_size: int = 1_000_000  # replay capacity in transitions (never more than the run's step budget)
+    gamma: float = 0.99  # discount factor
+    tau: float = 0.005  # Polyak averaging rate of the target critics
+    batch_size: int = 256  # transitions per gradient update
+    learning_starts: int = 1_000  # uniform-random actions and no updates before this many transitions
+    policy_lr: float = 3e-4  # Adam learning rate of the actor
+    q_lr: float = 1e-3  # Adam learning rate of the critics (and of the temperature, as in CleanRL)
+    policy_frequency: int = 2  # actor update every this many critic updates, done this many times (TD3-style)
+    target_network_frequency: int = 1  # Polyak update of the target critics every this many critic updates
+    alpha: float = 0.2  # entropy temperature when autotune is off
+    autotune: bool = True  # learn the temperature towards the target entropy
+    target_entropy_scale: float = 1.0  # target entropy = -target_entropy_scale * |A|
+    replay_ratio: float = 1.0  # gradient updates per environment transition
+    hidden_size: int = 256  # width of the two hidden layers of actor and critics
+    n_critics: int = 2  # Q functions in the ensemble; targets use their minimum (clipped double Q)
+
+    positive = ("buffer_size", "batch_size", "policy_lr", "q_lr", "policy_frequency", "target_network_frequency",
+                "replay_ratio", "hidden_size", "n_critics")
+    unit_interval = ("gamma", "tau")
+
+
+PRESETS: dict[str, dict] = {}
+
+LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0
+
+
+class Actor(nn.Module):
+    """obs -> (mean, log_std) of a Gaussian over pre-tanh actions; log_std is squashed into [min, max]."""
+
+    def __init__(self, obs_dim: int, action_dim: int, hidden: int):
+        super().__init__()
+        self.trunk = nn.Sequential(nn.Linear(obs_dim, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, hidden), nn.ReLU(inplace=True))
+        self.head = nn.Linear(hidden, 2 * action_dim)  # mean and log_std in one matmul
+
+    def forward(self, obs):
+        mean, log_std = self.head(self.trunk(obs)).chunk(2, dim=-1)
+        log_std = LOG_STD_MIN + 0.5 * (LOG_STD_MAX - LOG_STD_MIN) * (torch.tanh(log_std) + 1)
+        return mean, log_std
+
+
+class Critics(nn.Module):
+    """An ensemble of `n` Q functions: (obs [B, o], action [B, a]) -> Q values [n, B].
+
+    Separate MLPs rather than one batched matmul per layer: on CPU, PyTorch's bmm backward is slower than mm.
+    """
+
+    def __init__(self, n: int, obs_dim: int, action_dim: int, hidden: int):
+        super().__init__()
+        self.qfs = nn.ModuleList([
+            nn.Sequential(nn.Linear(obs_dim + action_dim, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, hidden), nn.ReLU(inplace=True),
+                          nn.Linear(hidden, 1))
+            for _ in range(n)])
+
+    def forward(self, obs, action):
+        x = torch.cat([obs, action], dim=-1)  # [B, o + a]
+        return torch.stack([qf(x).squeeze(-1) for qf in self.qfs])  # [n, B]
+
+
+class Agent:
+    def __init__(self, observation_space, action_space, num_envs=1, device="cpu", seed=0, total_steps=100_000,
+                 **overrides):
+        self.h = h = Hyperparameters(**overrides)
+        h.check()
+        if not hasattr(action_space, "low"):
+            raise UsageError(f"sac_baseline needs a continuous (Box) action space, got {action_space}")
+        self.device, self.num_envs = torch.device(device), num_envs
+        obs_shape, action_dim = observation_shape(observation_space), int(math.prod(action_space.shape))
+        low, high = action_bounds(action_space, self.device)
+        self.action_scale, self.action_bias = (high - low) / 2, (high + low) / 2
+
+        torch.manual_seed(seed)
+        self.generator = make_generator(seed, self.device)
+        self.actor = Actor(obs_shape[0], action_dim, h.hidden_size).to(self.device)
+        self.critic = Critics(h.n_critics, obs_shape[0], action_dim, h.hidden_size).to(self.device)
+        self.critic_target = Critics(h.n_critics, obs_shape[0], action_dim, h.hidden_size).to(self.device)
+        self.critic_target.load_state_dict(self.critic.state_dict())
+        self.critic_target.requires_grad_(False)
+        self.log_alpha = torch.tensor(math.log(h.alpha), device=self.device, requires_grad=h.autotune)
+        self.target_entropy = -h.target_entropy_scale * action_dim
+        fused = self.device.type in ("cpu", "cuda")
+        self.q_optimizer = torch.optim.Adam(self.critic.parameters(), lr=h.q_lr, fused=fused)
+        actor_groups = [{"params": self.actor.parameters(), "lr": h.policy_lr}]
+        if h.autotune:
+            actor_groups.append({"params": [self.log_alpha], "lr": h.q_lr})
+        self.actor_optimizer = torch.optim.Adam(actor_groups, fused=fused)
+
+        capacity = max(1, min(h.buffer_size, total_steps))
+        self.buffer = ReplayBuffer(capacity, obs_shape, (action_dim,), self.device)
+        self.transitions = 0  # environment transitions observed
+        self.critic_updates = 0
+        self.update_credit = 0.0  # gradient updates owed under replay_ratio, carried over between calls
+        self.last_obs = self.last_action = None
+        self.actor_metrics: dict[str, torch.Tensor] = {}
+
+    def act(self, obs: torch.Tensor, explore: bool = True) -> torch.Tensor:
+        with torch.inference_mode():
+            if explore and self.transitions < self.h.learning_starts:
+                uniform = torch.rand((obs.shape[0], self.action_scale.shape[0]), device=self.device,
+                                     generator=self.generator)
+                action = self.action_bias + self.action_scale * (2 * uniform - 1)
+            else:
+                mean, log_std = self.actor(obs)
+                if explore:
+                    noise = torch.randn(mean.shape, device=self.device, generator=self.generator)
+                    action, _ = tanh_gaussian(mean, log_std, noise, self.action_scale, self.action_bias)
+                else:
+                    action = torch.tanh(mean) * self.action_scale + self.action_bias
+        if explore:
+            self.last_obs, self.last_action = obs, action
+        return action
+
+    def observe(self, next_obs, reward, terminated, truncated) -> None:
+        # Only `terminated` reaches the buffer: a truncated step still bootstraps from next_obs.
+        self.buffer.add(self.last_obs, self.last_action, reward, next_obs, terminated)
+        self.transitions += next_obs.shape[0]
+
+    def update(self) -> dict[str, torch.Tensor] | None:
+        if self.transitions < self.h.learning_starts:
+            return None
+        self.update_credit += self.h.replay_ratio * self.num_envs
+        metrics = None
+        while self.update_credit >= 1:
+            self.update_credit -= 1
+            metrics = self.gradient_step()
+        return metrics
+
+    def gradient_step(self) -> dict[str, torch.Tensor]:
+        """One critic update, and the actor/temperature and target updates when their turn comes.
+
+        y = r + gamma * (1 - terminated) * (min_i Q_target_i(s', a') - alpha * log pi(a'|s')),  a' ~ pi(.|s')
+        L_Q = sum_i mean (Q_i(s, a) - y)^2
+        L_pi = mean (alpha * log pi(a~|s) - min_i Q_i(s, a~)),  a~ ~ pi(.|s)  (reparameterised)
+        L_alpha = mean (-alpha * (log pi(a~|s) + target_entropy))
+        """
+        h = self.h
+        obs, actions, rewards, next_obs, terminated = self.buffer.sample(h.batch_size, self.generator)
+        alpha = self.log_alpha.detach().exp()
+        with torch.no_grad():
+            next_mean, next_log_std = self.actor(next_obs)
+            noise = torch.randn(next_mean.shape, device=self.device, generator=self.generator)
+            next_actions, next_log_pi = tanh_gaussian(next_mean, next_log_std, noise, self.action_scale,
+                                                      self.action_bias)
+            next_q = self.critic_target(next_obs, next_actions).min(dim=0).values - alpha * next_log_pi
+            target_q = rewards + (1 - terminated) * h.gamma * next_q
+        q = self.critic(obs, actions)  # [n_critics, B]
+        qf_loss = (q - target_q).pow(2).mean(dim=1).sum()
+        self.q_optimizer.zero_grad(set_to_none=True)
+        qf_loss.backward()
+        self.q_optimizer.step()
+        self.critic_updates += 1
+
+        if self.critic_updates % h.policy_frequency == 0:
+            # TD3-style delay: as many actor updates as were skipped, so actor and critic stay in step.
+            for _ in range(h.policy_frequency):
+                self.actor_metrics = self.actor_step(obs)
+        if self.critic_updates % h.target_network_frequency == 0:
+            with torch.no_grad():
+                torch._foreach_lerp_(list(self.critic_target.parameters()), list(self.critic.parameters()), h.tau)
+        return {"qf_loss": qf_loss.detach(), "q_mean": q.detach().mean(), **self.actor_metrics}
+
+    def actor_step(self, obs) -> dict[str, torch.Tensor]:
+        mean, log_std = self.actor(obs)
+        noise = torch.randn(mean.shape, device=self.device, generator=self.generator)
+        actions, log_pi = tanh_gaussian(mean, log_std, noise, self.action_scale, self.action_bias)
+        alpha = self.log_alpha.exp()
+        self.critic.requires_grad_(False)  # the actor's loss must not move the critics (nor pay for their grads)
+        min_q = self.critic(obs, actions).min(dim=0).values
+        actor_loss = (alpha.detach() * log_pi - min_q).mean()
+        loss = actor_loss
+        if self.h.autotune:
+            alpha_loss = (-alpha * (log_pi.detach() + self.target_entropy)).mean()
+            loss = loss + alpha_loss
+        self.actor_optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.critic.requires_grad_(True)
+        self.actor_optimizer.step()
+        return {"actor_loss": actor_loss.detach(), "alpha": alpha.detach(), "entropy": -log_pi.detach().mean()}
+
+    def state_dict(self) -> dict:
+        return {"actor": self.actor.state_dict(), "critic": self.critic.state_dict(),
+                "critic_target": self.critic_target.state_dict(), "log_alpha": self.log_alpha.detach().clone(),
+                "q_optimizer": self.q_optimizer.state_dict(), "actor_optimizer": self.actor_optimizer.state_dict(),
+                "buffer": self.buffer.state_dict(), "transitions": self.transitions,
+                "critic_updates": self.critic_updates, "update_credit": self.update_credit,
+                "rng": rng_state(self.generator)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.actor.load_state_dict(state["actor"])
+        self.critic.load_state_dict(state["critic"])
+        self.critic_target.load_state_dict(state["critic_target"])
+        with torch.no_grad():
+            self.log_alpha.copy_(state["log_alpha"])
+        self.q_optimizer.load_state_dict(state["q_optimizer"])
+        self.actor_optimizer.load_state_dict(state["actor_optimizer"])
+        self.buffer.load_state_dict(state["buffer"])
+        self.transitions, self.critic_updates = state["transitions"], state["critic_updates"]
+        self.update_credit = state["update_credit"]
+        load_rng_state(self.generator, state["rng"])

@@ -1,0 +1,71 @@
+"""Making environments by name: any registered Gymnasium id, or a named suite of them with step budgets."""
+
+from __future__ import annotations
+
+import gymnasium as gym
+
+from agents import closest
+from lab import UsageError
+
+# Default training budget (environment steps) per environment: what a full run of a typical agent needs to
+# get close to its plateau. The runners use it when --steps is not given.
+DEFAULT_STEPS = {
+    "Pendulum-v1": 20_000,
+    "MountainCarContinuous-v0": 100_000,
+    "CartPole-v1": 100_000,
+    "Acrobot-v1": 100_000,
+    "LunarLanderContinuous-v3": 300_000,
+    "LunarLander-v3": 300_000,
+    "BipedalWalker-v3": 500_000,
+    "BipedalWalkerHardcore-v3": 2_000_000,
+    "HalfCheetah-v5": 1_000_000,
+    "Hopper-v5": 1_000_000,
+    "Walker2d-v5": 1_000_000,
+    "Ant-v5": 1_000_000,
+    "Humanoid-v5": 1_000_000,
+    "Swimmer-v5": 1_000_000,
+    "InvertedPendulum-v5": 100_000,
+    "InvertedDoublePendulum-v5": 300_000,
+    "Reacher-v5": 200_000,
+    "Pusher-v5": 500_000,
+}
+FALLBACK_STEPS = 100_000
+
+# Suites: environment -> budget. `quick` is the smoke test that every change should pass in a couple of
+# minutes, so its budgets are short: enough to exercise warm-up, learning, evaluation and logging.
+SUITES = {
+    "quick": {"Pendulum-v1": 2_000, "LunarLanderContinuous-v3": 2_000},
+    "classic": {name: DEFAULT_STEPS[name] for name in ("Pendulum-v1", "MountainCarContinuous-v0")},
+    "box2d": {name: DEFAULT_STEPS[name] for name in ("LunarLanderContinuous-v3", "BipedalWalker-v3")},
+    "mujoco": {name: DEFAULT_STEPS[name] for name in ("HalfCheetah-v5", "Hopper-v5", "Walker2d-v5", "Ant-v5",
+                                                      "Humanoid-v5")},
+}
+
+
+def resolve_envs(names: list[str]) -> dict[str, int]:
+    """Environment ids and suite names -> {env id: default budget}, in order, each id once."""
+    budgets: dict[str, int] = {}
+    for name in names:
+        if name in SUITES:
+            for env_id, steps in SUITES[name].items():
+                budgets.setdefault(env_id, steps)
+        elif name in gym.registry:
+            budgets.setdefault(name, DEFAULT_STEPS.get(name, FALLBACK_STEPS))
+        else:
+            valid = list(SUITES) + sorted(gym.registry)
+            raise UsageError(f"unknown environment or suite '{name}'; {closest(name, valid)} "
+                             f"(suites: {', '.join(SUITES)}; or any Gymnasium id)")
+    return budgets
+
+
+def make_env(env_id: str, **kwargs) -> gym.Env:
+    """One environment instance. Observations must be a flat Box: the agents are MLPs."""
+    try:
+        env = gym.make(env_id, **kwargs)
+    except gym.error.DependencyNotInstalled as error:
+        raise UsageError(f"environment {env_id} needs a missing package: {error}") from None
+    if not isinstance(env.observation_space, gym.spaces.Box) or len(env.observation_space.shape) != 1:
+        env.close()
+        raise UsageError(f"environment {env_id} has observations {env.observation_space}; the lab's agents need "
+                         f"a flat Box (pixel environments are not supported)")
+    return env

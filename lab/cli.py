@@ -1,0 +1,154 @@
+"""What the runners share on the command line: options, their validation, and the plan of runs they make."""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from agents import AGENTS, agent_module, describe_hyperparameters, make_agent, resolve_hyperparameters
+from envs import SUITES, make_env, resolve_envs
+from lab import UsageError
+from lab.rollout import RunSpec, run_dir_name
+
+RUNS = Path("runs")
+CONFIG = "config.json"
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse, but a mistake is one line on stderr and exit code 2 (no usage dump)."""
+
+    def error(self, message):
+        raise UsageError(message)
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got '{text}'") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    return 0 if text.strip() == "0" else positive_int(text)
+
+
+def add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--agent", nargs="+", default=list(AGENTS), metavar="AGENT",
+                        help=f"agents to train, optionally with a preset (name:preset); default: all ({', '.join(AGENTS)})")
+    parser.add_argument("--envs", nargs="+", default=["quick"], metavar="ENV",
+                        help=f"Gymnasium ids and/or suites ({', '.join(SUITES)}); default: quick")
+    parser.add_argument("--seeds", type=positive_int, default=1, help="seeds per environment: 0 .. N-1 (default 1)")
+    parser.add_argument("--steps", type=positive_int, default=None,
+                        help="environment steps per run (default: each environment's budget)")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default cpu)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a hyperparameter (repeatable); checked against every agent's dataclass")
+    parser.add_argument("--name", default=None, help="run name: logs go to runs/NAME (default: a timestamp)")
+    parser.add_argument("--log", action=argparse.BooleanOptionalAction, default=True,
+                        help="write TensorBoard events (default on)")
+    parser.add_argument("--eval-every", type=non_negative_int, default=None,
+                        help="steps between evaluations (default: a tenth of the budget; 0: only at the end)")
+    parser.add_argument("--eval-episodes", type=positive_int, default=10, help="episodes per evaluation (default 10)")
+    parser.add_argument("--checkpoint-every", type=non_negative_int, default=50_000,
+                        help="steps between checkpoints, taken at the next episode end (default 50000; 0: none)")
+    parser.add_argument("--resume", default=None, metavar="RUN",
+                        help="continue runs/RUN (or a run directory): finished runs are kept, the others continue "
+                             "from their checkpoints; the run's stored options are used")
+    parser.add_argument("--list", action="store_true", help="list agents, presets, hyperparameters and suites")
+
+
+def resolve_device(text: str) -> str:
+    if text == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(text)
+    except RuntimeError:
+        raise UsageError(f"unknown device '{text}'; valid: cpu, cuda, cuda:N, auto") from None
+    if device.type not in ("cpu", "cuda"):
+        raise UsageError(f"unknown device '{text}'; valid: cpu, cuda, cuda:N, auto")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"device '{text}' asked for, but this machine has no CUDA device; use --device cpu or auto")
+    return text
+
+
+def plan_runs(args, runs_root: Path = RUNS) -> tuple[Path, list[RunSpec], dict]:
+    """Validate every option and build the runs, before anything is written; returns (run dir, specs, config)."""
+    if args.resume:
+        return resume_plan(args, runs_root)
+    device = resolve_device(args.device)
+    budgets = resolve_envs(args.envs)
+    settings = {agent: resolve_hyperparameters(agent, args.set) for agent in dict.fromkeys(args.agent)}
+    for env_id in budgets:
+        env = make_env(env_id)
+        for agent in settings:  # an agent that cannot drive this environment fails here, not in a worker
+            make_agent(agent, env.observation_space, env.action_space, device="cpu", total_steps=1,
+                       settings=settings[agent])
+        env.close()
+    name = args.name or datetime.datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
+    if "/" in name or name in ("", ".", ".."):
+        raise UsageError(f"--name must be a plain directory name, got '{name}'")
+    run_root = runs_root / name
+    if run_root.exists():
+        raise UsageError(f"{run_root} already exists; choose another --name, or continue it with --resume {name}")
+    config = {"agents": list(settings), "envs": {env_id: args.steps or steps for env_id, steps in budgets.items()},
+              "seeds": args.seeds, "device": device, "settings": settings, "log": args.log,
+              "eval_every": args.eval_every, "eval_episodes": args.eval_episodes,
+              "checkpoint_every": args.checkpoint_every, "command": sys.argv}
+    return run_root, specs_from_config(run_root, config, resume=False), config
+
+
+def specs_from_config(run_root: Path, config: dict, resume: bool) -> list[RunSpec]:
+    specs = []
+    for agent in config["agents"]:
+        for env_id, steps in config["envs"].items():
+            for seed in range(config["seeds"]):
+                eval_every = config["eval_every"] if config["eval_every"] is not None else max(1, steps // 10)
+                specs.append(RunSpec(
+                    agent=agent, env=env_id, seed=seed, steps=steps, settings=config["settings"][agent],
+                    run_dir=str(run_root / run_dir_name(agent) / env_id / f"seed_{seed}"), device=config["device"],
+                    log=config["log"], eval_every=eval_every, eval_episodes=config["eval_episodes"],
+                    checkpoint_every=config["checkpoint_every"], resume=resume))
+    return specs
+
+
+def resume_plan(args, runs_root: Path) -> tuple[Path, list[RunSpec], dict]:
+    run_root = Path(args.resume)
+    if not run_root.is_dir():
+        run_root = runs_root / args.resume
+    config_path = run_root / CONFIG
+    if not config_path.exists():
+        raise UsageError(f"cannot resume '{args.resume}': no {CONFIG} in {run_root} (is it a run directory?)")
+    config = json.loads(config_path.read_text())
+    return run_root, specs_from_config(run_root, config, resume=True), config
+
+
+def listing() -> str:
+    lines = []
+    for name in AGENTS:
+        module = agent_module(name)
+        presets = ", ".join(f"{name}:{preset}" for preset in module.PRESETS) or "none"
+        lines.append(f"{name}  (presets: {presets})")
+        for key, kind, default, comment in describe_hyperparameters(name):
+            lines.append(f"  {key:<26} {kind:<6} {default!s:<12} {comment}")
+    lines.append("suites:")
+    for suite, budgets in SUITES.items():
+        lines.append(f"  {suite:<8} " + ", ".join(f"{env} ({steps} steps)" for env, steps in budgets.items()))
+    return "\n".join(lines)
+
+
+def exit_on_usage_error(main):
+    """Run `main()`; a UsageError becomes one line on stderr and exit code 2."""
+    try:
+        return main()
+    except UsageError as error:
+        print(f"{Path(sys.argv[0]).name}: error: {error}", file=sys.stderr)
+        return 2
+

@@ -1,0 +1,230 @@
+"""The one rollout loop: train one agent on one environment for one seed, evaluate it, log it, checkpoint it.
+
+Every runner calls `train(spec)`; they differ only in how they schedule calls (processes, trials, vectorised
+environments). The environments are a Gymnasium vector environment with autoreset disabled: the loop resets
+finished sub-environments itself, so the observation an agent is given as `next_obs` is always the true one
+that followed its action, and a reset's observation only ever reaches `act`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import Callable
+
+import gymnasium as gym
+import numpy as np
+import torch
+
+from agents import agent_module, make_agent, split_preset
+from envs import make_env
+
+EVAL_SEED_OFFSET = 1_000_003  # evaluation episodes use seeds disjoint from training ones
+CHECKPOINT = "checkpoint.pt"
+RESULT = "result.json"
+
+
+@dataclasses.dataclass
+class RunSpec:
+    agent: str  # agent name, optionally with a preset: 'sac_baseline' or 'sac_baseline:droq'
+    env: str  # Gymnasium id
+    seed: int
+    steps: int  # environment steps (transitions, summed over sub-environments)
+    settings: dict = dataclasses.field(default_factory=dict)  # hyperparameter overrides by name
+    run_dir: str | None = None  # this run's directory (logs, checkpoint, result); None: write nothing
+    device: str = "cpu"
+    num_envs: int = 1
+    log: bool = True  # TensorBoard events in run_dir
+    log_every: int = 1_000  # steps between reads of the agent's metrics (each read waits for the device)
+    eval_every: int = 0  # steps between evaluations; 0: only the final one
+    eval_episodes: int = 10
+    checkpoint_every: int = 0  # steps between checkpoints (taken at the next episode boundary); 0: none
+    resume: bool = False  # continue from run_dir's checkpoint when there is one
+    progress: bool = True  # print a line at each evaluation
+
+    @property
+    def label(self) -> str:
+        return f"{self.agent} {self.env} seed {self.seed}"
+
+
+class TrainingDiverged(RuntimeError):
+    """An agent's loss or metric became NaN or infinite."""
+
+
+def make_vector_env(env_id: str, num_envs: int) -> gym.vector.VectorEnv:
+    return gym.vector.SyncVectorEnv([lambda: make_env(env_id)] * num_envs,
+                                    autoreset_mode=gym.vector.AutoresetMode.DISABLED)
+
+
+def evaluate(agent, env: gym.Env, episodes: int, seed: int, device) -> float:
+    """Mean return of `episodes` episodes of the deterministic policy, on an environment used for nothing else."""
+    returns = []
+    for episode in range(episodes):
+        obs, _ = env.reset(seed=seed + episode)
+        total, done = 0.0, False
+        while not done:
+            action = agent.act(torch.as_tensor(obs, dtype=torch.float32, device=device).unsqueeze(0), explore=False)
+            obs, reward, terminated, truncated, _ = env.step(action[0].cpu().numpy())
+            total += float(reward)
+            done = terminated or truncated
+        returns.append(total)
+    return float(np.mean(returns))
+
+
+def hyperparameter_table(spec: RunSpec, hyperparameters: dict) -> str:
+    rows = [f"|{key}|{value}|" for key, value in {**dataclasses.asdict(spec), **hyperparameters}.items()]
+    return "|parameter|value|\n|-|-|\n" + "\n".join(rows)
+
+
+def check_finite(metrics: dict[str, float], step: int, spec: RunSpec) -> None:
+    for key, value in metrics.items():
+        if not math.isfinite(value):
+            raise TrainingDiverged(f"{spec.label}: {key} became {value} at step {step}; the update diverged "
+                                   f"(try a lower learning rate)")
+
+
+def train(spec: RunSpec, on_eval: Callable[[int, float], bool] | None = None) -> dict:
+    """Train, evaluate and log one run; return its result record. `on_eval(step, mean_return)` is called after
+    each evaluation, and training stops early (the record says `stopped_at`) when it returns False."""
+    device = torch.device(spec.device)
+    run_dir = Path(spec.run_dir) if spec.run_dir else None
+    envs = make_vector_env(spec.env, spec.num_envs)
+    eval_env = make_env(spec.env)
+    agent = make_agent(spec.agent, envs.single_observation_space, envs.single_action_space, num_envs=spec.num_envs,
+                       device=device, seed=spec.seed, total_steps=spec.steps, settings=spec.settings)
+    state = {"step": 0, "episodes": [], "evaluations": [], "wall_s": 0.0}
+    checkpoint_path = run_dir / CHECKPOINT if run_dir else None
+    resumed = spec.resume and checkpoint_path is not None and checkpoint_path.exists()
+    if resumed:
+        checkpoint = torch.load(checkpoint_path, map_location=device, weights_only=False)
+        agent.load_state_dict(checkpoint["agent"])
+        state = checkpoint["state"]
+        for sub_env, rng in zip(envs.envs, checkpoint["env_rng"]):
+            sub_env.unwrapped.np_random.bit_generator.state = rng
+        obs, _ = envs.reset()  # the reset the checkpoint was taken just before
+    else:
+        obs, _ = envs.reset(seed=spec.seed)
+
+    writer = None
+    if spec.log and run_dir is not None:
+        from torch.utils.tensorboard import SummaryWriter
+        writer = SummaryWriter(str(run_dir), purge_step=state["step"] if resumed else None)
+        if not resumed:
+            writer.add_text("hyperparameters", hyperparameter_table(spec, agent.h.as_dict()))
+
+    def to_device(array, dtype=torch.float32):
+        return torch.as_tensor(array, dtype=dtype, device=device)
+
+    step = state["step"]
+    eval_every = spec.eval_every or spec.steps
+    next_eval = (step // eval_every + 1) * eval_every
+    next_checkpoint = step + spec.checkpoint_every if spec.checkpoint_every else math.inf
+    episode_return = np.zeros(spec.num_envs)
+    episode_length = np.zeros(spec.num_envs, dtype=np.int64)
+    stopped_at = None
+    started, step_at_start = time.perf_counter(), step
+    obs_t = to_device(obs)
+    metrics = None
+    try:
+        while step < spec.steps:
+            action = agent.act(obs_t)
+            next_obs, reward, terminated, truncated, _ = envs.step(action.cpu().numpy())
+            agent.observe(to_device(next_obs), to_device(reward), to_device(terminated, torch.bool),
+                          to_device(truncated, torch.bool))
+            metrics = agent.update() or metrics
+            step += spec.num_envs
+            episode_return += reward
+            episode_length += 1
+            done = terminated | truncated
+            if done.any():
+                for index in np.flatnonzero(done):
+                    state["episodes"].append((step, float(episode_return[index]), int(episode_length[index])))
+                    if writer:
+                        writer.add_scalar("charts/episodic_return", episode_return[index], step)
+                        writer.add_scalar("charts/episodic_length", episode_length[index], step)
+                episode_return[done], episode_length[done] = 0.0, 0
+                if step >= next_checkpoint and done.all() and checkpoint_path is not None:
+                    # Before the reset: the reset draws from the envs' RNG, which the checkpoint holds.
+                    state["step"], state["wall_s"] = step, state["wall_s"] + time.perf_counter() - started
+                    started = time.perf_counter()
+                    save_checkpoint(checkpoint_path, agent, state, envs)
+                    next_checkpoint = step + spec.checkpoint_every
+                next_obs, _ = envs.reset(options={"reset_mask": done})
+            obs_t = to_device(next_obs)
+
+            if step % spec.log_every < spec.num_envs and metrics is not None:
+                values = {key: float(value) for key, value in metrics.items()}
+                check_finite(values, step, spec)
+                if writer:
+                    for key, value in values.items():
+                        writer.add_scalar(f"agent/{key}", value, step)
+                    writer.add_scalar("charts/sps", (step - step_at_start) / (time.perf_counter() - started
+                                                                              + 1e-9), step)
+            if step >= next_eval or step >= spec.steps:
+                next_eval += eval_every
+                mean_return = evaluate(agent, eval_env, spec.eval_episodes, EVAL_SEED_OFFSET + spec.seed, device)
+                state["evaluations"].append((step, mean_return))
+                if writer:
+                    writer.add_scalar("eval/return", mean_return, step)
+                if spec.progress:
+                    recent = [r for _, r, _ in state["episodes"][-10:]]
+                    train_text = f"{np.mean(recent):9.1f}" if recent else "        -"
+                    sps = (step - step_at_start) / (time.perf_counter() - started + 1e-9)
+                    print(f"[{spec.label}] {step:>9}/{spec.steps} steps  train {train_text}  eval {mean_return:9.1f}"
+                          f"  {sps:7.0f} steps/s", flush=True)
+                if on_eval is not None and not on_eval(step, mean_return) and step < spec.steps:
+                    stopped_at = step
+                    break
+    except BaseException:
+        if writer:
+            writer.close()  # an interrupted or crashed run still leaves readable events
+        raise
+    finally:
+        state["step"], state["wall_s"] = step, state["wall_s"] + time.perf_counter() - started
+        envs.close()
+        eval_env.close()
+
+    recent = [r for _, r, _ in state["episodes"][-10:]]
+    record = {
+        "agent": spec.agent, "env": spec.env, "seed": spec.seed, "steps": step,
+        "final_return": state["evaluations"][-1][1],
+        "train_return": float(np.mean(recent)) if recent else None,
+        "wall_s": round(state["wall_s"], 3), "sps": round(step / max(state["wall_s"], 1e-9), 1),
+        "evaluations": state["evaluations"], "hyperparameters": agent.h.as_dict(),
+    }
+    if stopped_at is not None:
+        record["stopped_at"] = stopped_at
+    if writer:
+        writer.add_hparams({k: v for k, v in {**record["hyperparameters"], "env": spec.env, "seed": spec.seed}.items()
+                            if isinstance(v, (int, float, str, bool))},
+                           {"final_return": record["final_return"]}, run_name=".", global_step=step)
+        writer.close()
+    if run_dir is not None:
+        write_json(run_dir / RESULT, record)
+    return record
+
+
+def save_checkpoint(path: Path, agent, state: dict, envs) -> None:
+    """A plain dict with everything needed to continue exactly, written atomically."""
+    checkpoint = {"agent": agent.state_dict(), "state": state,
+                  "env_rng": [sub_env.unwrapped.np_random.bit_generator.state for sub_env in envs.envs]}
+    temporary = path.with_suffix(".tmp")
+    torch.save(checkpoint, temporary)
+    os.replace(temporary, path)
+
+
+def write_json(path: Path, data) -> None:
+    temporary = path.with_suffix(".tmp")
+    temporary.write_text(json.dumps(data, indent=1))
+    os.replace(temporary, path)
+
+
+def run_dir_name(agent_spec: str) -> str:
+    """An agent spec as a directory name ('sac_baseline:droq' -> 'sac_baseline-droq')."""
+    name, preset = split_preset(agent_spec)
+    agent_module(name)
+    return f"{name}-{preset}" if preset else name
