@@ -44,7 +44,7 @@ def worker(spec: RunSpec, threads: int, cpus: list[int] | None) -> None:
     if cpus is not None:
         os.sched_setaffinity(0, cpus)
     run_dir = Path(spec.run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    run_dir.mkdir(parents=True, exist_ok=True)  # for error.txt, should train() fail before making it
     try:
         train(spec)
     except KeyboardInterrupt:

@@ -47,6 +47,12 @@ class Hyperparameters(HyperparametersBase):
                 "replay_ratio", "hidden_size", "n_critics")
     unit_interval = ("gamma", "tau")
 
+    def check(self) -> None:
+        super().check()
+        if self.autotune and self.alpha == 0:
+            raise UsageError("hyperparameter alpha is the temperature autotune starts from and must be > 0; "
+                             "for no entropy bonus set autotune=false alpha=0")
+
 
 PRESETS: dict[str, dict] = {}
 
@@ -104,7 +110,8 @@ class Agent:
         self.critic_target = Critics(h.n_critics, obs_shape[0], action_dim, h.hidden_size).to(self.device)
         self.critic_target.load_state_dict(self.critic.state_dict())
         self.critic_target.requires_grad_(False)
-        self.log_alpha = torch.tensor(math.log(h.alpha), device=self.device, requires_grad=h.autotune)
+        log_alpha = math.log(h.alpha) if h.alpha > 0 else -math.inf  # alpha 0: no entropy bonus
+        self.log_alpha = torch.tensor(log_alpha, device=self.device, requires_grad=h.autotune)
         self.target_entropy = -h.target_entropy_scale * action_dim
         fused = self.device.type in ("cpu", "cuda")
         self.q_optimizer = torch.optim.Adam(self.critic.parameters(), lr=h.q_lr, fused=fused)

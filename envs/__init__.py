@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib
+
 import gymnasium as gym
 
 from agents import closest
@@ -49,13 +51,25 @@ def resolve_envs(names: list[str]) -> dict[str, int]:
         if name in SUITES:
             for env_id, steps in SUITES[name].items():
                 budgets.setdefault(env_id, steps)
-        elif name in gym.registry:
+        elif registered(name):
             budgets.setdefault(name, DEFAULT_STEPS.get(name, FALLBACK_STEPS))
         else:
             valid = list(SUITES) + sorted(gym.registry)
             raise UsageError(f"unknown environment or suite '{name}'; {closest(name, valid)} "
-                             f"(suites: {', '.join(SUITES)}; or any Gymnasium id)")
+                             f"(suites: {', '.join(SUITES)}; or any Gymnasium id, or module:EnvId)")
     return budgets
+
+
+def registered(name: str) -> bool:
+    """Whether `name` is a Gymnasium id, or 'module:EnvId' whose module registers EnvId when imported (as
+    gym.make accepts: the way to bring your own environment)."""
+    module, colon, env_id = name.rpartition(":")
+    if colon:
+        try:
+            importlib.import_module(module)
+        except ImportError as error:
+            raise UsageError(f"environment '{name}': cannot import module '{module}': {error}") from None
+    return env_id in gym.registry
 
 
 def make_env(env_id: str, **kwargs) -> gym.Env:

@@ -92,6 +92,8 @@ def train(spec: RunSpec, on_eval: Callable[[int, float], bool] | None = None) ->
     each evaluation, and training stops early (the record says `stopped_at`) when it returns False."""
     device = torch.device(spec.device)
     run_dir = Path(spec.run_dir) if spec.run_dir else None
+    if run_dir is not None:
+        run_dir.mkdir(parents=True, exist_ok=True)
     envs = make_vector_env(spec.env, spec.num_envs)
     eval_env = make_env(spec.env)
     agent = make_agent(spec.agent, envs.single_observation_space, envs.single_action_space, num_envs=spec.num_envs,
@@ -121,7 +123,8 @@ def train(spec: RunSpec, on_eval: Callable[[int, float], bool] | None = None) ->
 
     step = state["step"]
     eval_every = spec.eval_every or spec.steps
-    next_eval = (step // eval_every + 1) * eval_every
+    last_eval = state["evaluations"][-1][0] if state["evaluations"] else 0
+    next_eval = (last_eval // eval_every + 1) * eval_every
     next_checkpoint = step + spec.checkpoint_every if spec.checkpoint_every else math.inf
     episode_return = np.zeros(spec.num_envs)
     episode_length = np.zeros(spec.num_envs, dtype=np.int64)
@@ -140,21 +143,12 @@ def train(spec: RunSpec, on_eval: Callable[[int, float], bool] | None = None) ->
             episode_return += reward
             episode_length += 1
             done = terminated | truncated
-            if done.any():
-                for index in np.flatnonzero(done):
-                    state["episodes"].append((step, float(episode_return[index]), int(episode_length[index])))
-                    if writer:
-                        writer.add_scalar("charts/episodic_return", episode_return[index], step)
-                        writer.add_scalar("charts/episodic_length", episode_length[index], step)
-                episode_return[done], episode_length[done] = 0.0, 0
-                if step >= next_checkpoint and done.all() and checkpoint_path is not None:
-                    # Before the reset: the reset draws from the envs' RNG, which the checkpoint holds.
-                    state["step"], state["wall_s"] = step, state["wall_s"] + time.perf_counter() - started
-                    started = time.perf_counter()
-                    save_checkpoint(checkpoint_path, agent, state, envs)
-                    next_checkpoint = step + spec.checkpoint_every
-                next_obs, _ = envs.reset(options={"reset_mask": done})
-            obs_t = to_device(next_obs)
+            for index in np.flatnonzero(done):
+                state["episodes"].append((step, float(episode_return[index]), int(episode_length[index])))
+                if writer:
+                    writer.add_scalar("charts/episodic_return", episode_return[index], step)
+                    writer.add_scalar("charts/episodic_length", episode_length[index], step)
+            episode_return[done], episode_length[done] = 0.0, 0
 
             if step % spec.log_every < spec.num_envs and metrics is not None:
                 values = {key: float(value) for key, value in metrics.items()}
@@ -179,6 +173,16 @@ def train(spec: RunSpec, on_eval: Callable[[int, float], bool] | None = None) ->
                 if on_eval is not None and not on_eval(step, mean_return) and step < spec.steps:
                     stopped_at = step
                     break
+
+            if done.any():
+                if step >= next_checkpoint and done.all() and checkpoint_path is not None:
+                    # Before the reset: the reset draws from the envs' RNG, which the checkpoint holds.
+                    state["step"], state["wall_s"] = step, state["wall_s"] + time.perf_counter() - started
+                    started, step_at_start = time.perf_counter(), step
+                    save_checkpoint(checkpoint_path, agent, state, envs)
+                    next_checkpoint = step + spec.checkpoint_every
+                next_obs, _ = envs.reset(options={"reset_mask": done})
+            obs_t = to_device(next_obs)
     except BaseException:
         if writer:
             writer.close()  # an interrupted or crashed run still leaves readable events

@@ -1,0 +1,334 @@
+"""Proximal Policy Optimization with generalized advantage estimation, as in CleanRL's `ppo_continuous_action.py`.
+
+Papers: Schulman et al. 2017, "Proximal Policy Optimization Algorithms" (https://arxiv.org/abs/1707.06347);
+Schulman et al. 2015, "High-Dimensional Continuous Control Using Generalized Advantage Estimation"
+(https://arxiv.org/abs/1506.02438); Huang et al. 2022, "The 37 Implementation Details of PPO"
+(https://iclr-blog-track.github.io/2022/03/25/ppo-implementation-details/).
+Reference code: https://github.com/vwxyzjn/cleanrl/blob/master/cleanrl/ppo_continuous_action.py
+
+Same algorithm, networks and hyperparameter names as CleanRL; what differs comes from the lab's interface or is
+for speed:
+- the agent never sees the environment, so the observation and reward normalisation that CleanRL gets from
+  gymnasium wrappers (NormalizeObservation, NormalizeReward, each clipped to ±10) live here, switchable;
+- a time-limit truncation bootstraps from the true last observation (CleanRL cuts it like a termination);
+- a `Discrete` action space gets a categorical policy from the same networks, as CleanRL's `ppo.py`;
+- the rollout's log-probs and values are computed in one batch when it is full, not one step at a time;
+- Adam is the fused implementation (one kernel for all parameters); `target_kl` 0 means no early stop.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+
+import gymnasium as gym
+import torch
+from torch import nn
+
+from agents.common import (HyperparametersBase, action_bounds, load_rng_state, make_generator, observation_shape,
+                           rng_state)
+from lab import UsageError
+
+
+@dataclasses.dataclass
+class Hyperparameters(HyperparametersBase):
+    learning_rate: float = 3e-4  # Adam learning rate (the start of the schedule when anneal_lr)
+    num_steps: int = 2048  # steps per environment in each rollout
+    anneal_lr: bool = True  # decay the learning rate linearly to 0 over the run's total_steps
+    gamma: float = 0.99  # discount factor
+    gae_lambda: float = 0.95  # GAE's lambda: 0 is the one-step TD error, 1 the Monte Carlo return
+    num_minibatches: int = 32  # minibatches per pass over a rollout
+    update_epochs: int = 10  # passes over each rollout
+    norm_adv: bool = True  # normalise advantages within each minibatch
+    clip_coef: float = 0.2  # the surrogate's clipping range: the probability ratio is kept in [1 - c, 1 + c]
+    clip_vloss: bool = True  # clip the value update around the rollout's values too
+    ent_coef: float = 0.0  # weight of the entropy bonus
+    vf_coef: float = 0.5  # weight of the value loss
+    max_grad_norm: float = 0.5  # clip the global gradient norm to this
+    target_kl: float = 0.0  # stop a rollout's epochs once the approximate KL exceeds this; 0 never stops
+    norm_obs: bool = True  # normalise observations by their running mean and std, then clip to ±10
+    norm_reward: bool = True  # divide rewards by the running std of the discounted return, then clip to ±10
+    hidden_size: int = 64  # width of the two hidden layers of actor and critic
+
+    positive = ("learning_rate", "num_steps", "num_minibatches", "update_epochs", "clip_coef", "max_grad_norm",
+                "hidden_size")
+    unit_interval = ("gamma", "gae_lambda")
+
+
+PRESETS: dict[str, dict] = {}
+
+NORM_EPS, NORM_CLIP = 1e-8, 10.0  # gymnasium's epsilon in the normalisers; CleanRL's clip after them
+HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
+
+
+class RunningMeanStd:
+    """Running mean and variance of a stream of batches (Chan et al.'s parallel update, as gymnasium's)."""
+
+    def __init__(self, shape: tuple[int, ...], device: torch.device):
+        self.mean = torch.zeros(shape, device=device)
+        self.var = torch.ones(shape, device=device)
+        self.count = 1e-4  # gymnasium's prior: the first batch all but replaces the initial mean 0 and var 1
+
+    def update(self, x: torch.Tensor) -> None:
+        """Fold in a batch x [batch, *shape]; in place, so that calls in inference mode keep normal tensors."""
+        batch_var, batch_mean = torch.var_mean(x, dim=0, correction=0)
+        count, batch_count = self.count, x.shape[0]
+        total = count + batch_count
+        delta = batch_mean - self.mean
+        self.mean.add_(delta, alpha=batch_count / total)
+        # var = (var * count + batch_var * batch_count + delta^2 * count * batch_count / total) / total
+        self.var.mul_(count / total).add_(batch_var, alpha=batch_count / total)
+        self.var.addcmul_(delta, delta, value=count * batch_count / total**2)
+        self.count = total
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        return ((x - self.mean) * (self.var + NORM_EPS).rsqrt()).clamp(-NORM_CLIP, NORM_CLIP)
+
+    def state_dict(self) -> dict:
+        return {"mean": self.mean, "var": self.var, "count": self.count}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.mean.copy_(state["mean"])
+        self.var.copy_(state["var"])
+        self.count = state["count"]
+
+
+def layer_init(layer: nn.Linear, std: float = math.sqrt(2), bias_const: float = 0.0) -> nn.Linear:
+    """CleanRL's orthogonal initialisation: weights of gain `std`, constant biases."""
+    nn.init.orthogonal_(layer.weight, std)
+    nn.init.constant_(layer.bias, bias_const)
+    return layer
+
+
+def mlp(in_dim: int, hidden: int, out_dim: int, out_std: float) -> nn.Sequential:
+    return nn.Sequential(layer_init(nn.Linear(in_dim, hidden)), nn.Tanh(), layer_init(nn.Linear(hidden, hidden)),
+                         nn.Tanh(), layer_init(nn.Linear(hidden, out_dim), std=out_std))
+
+
+class ActorCritic(nn.Module):
+    """Separate tanh MLPs for the value and the policy; the policy is a Gaussian with a state-independent std
+    (Box actions) or a categorical over logits (Discrete actions)."""
+
+    def __init__(self, obs_dim: int, action_dim: int, hidden: int, discrete: bool):
+        super().__init__()
+        self.discrete = discrete
+        self.critic = mlp(obs_dim, hidden, 1, out_std=1.0)
+        # The Gaussian's mean or the categorical's logits; a small last layer starts the policy near uniform.
+        self.actor_mean = mlp(obs_dim, hidden, action_dim, out_std=0.01)
+        self.actor_logstd = None if discrete else nn.Parameter(torch.zeros(1, action_dim))
+
+    def log_prob(self, out: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+        """log pi(action | s) [...] from the actor's output `out` for s [..., action_dim]."""
+        if self.discrete:
+            return out.log_softmax(-1).gather(-1, action.unsqueeze(-1)).squeeze(-1)
+        z = (action - out) * (-self.actor_logstd).exp()
+        return (-0.5 * z.square() - self.actor_logstd - HALF_LOG_2PI).sum(-1)
+
+    def entropy(self, out: torch.Tensor) -> torch.Tensor:
+        """The policy's entropy [...] at the states whose actor outputs are `out` [..., action_dim]."""
+        if self.discrete:
+            log_p = out.log_softmax(-1)
+            return -(log_p.exp() * log_p).sum(-1)
+        return (0.5 + HALF_LOG_2PI + self.actor_logstd).sum(-1).expand(out.shape[:-1])
+
+
+class Agent:
+    """PPO: collect `num_steps` transitions per environment, then `update_epochs` passes of clipped updates."""
+
+    def __init__(self, observation_space, action_space, num_envs: int = 1, device="cpu", seed: int = 0,
+                 total_steps: int = 100_000, **overrides):
+        self.h = h = Hyperparameters(**overrides)
+        h.check()
+        self.device, self.num_envs = torch.device(device), num_envs
+        obs_dim = math.prod(observation_shape(observation_space))
+        self.discrete = isinstance(action_space, gym.spaces.Discrete)
+        if self.discrete:
+            self.action_shape, action_dim, self.action_start = (), int(action_space.n), int(action_space.start)
+        elif isinstance(action_space, gym.spaces.Box):
+            self.action_shape = tuple(action_space.shape)
+            action_dim = math.prod(self.action_shape)
+            self.low, self.high = (bound.flatten() for bound in action_bounds(action_space, self.device))
+        else:
+            raise UsageError(f"ppo_baseline needs a Box or Discrete action space, got {action_space}")
+
+        torch.manual_seed(seed)  # only the initialisation draws from the global stream
+        self.network = ActorCritic(obs_dim, action_dim, h.hidden_size, self.discrete).to(self.device)
+        self.parameters = list(self.network.parameters())  # a list: clip_grad_norm_ is slower given a generator
+        # fused: one kernel steps every parameter (4x faster than the default on a CPU, same update).
+        self.optimizer = torch.optim.Adam(self.parameters, lr=h.learning_rate, eps=1e-5, fused=True)
+        self.generator = make_generator(seed, self.device)
+        self.obs_rms = RunningMeanStd((obs_dim,), self.device)
+        self.return_rms = RunningMeanStd((), self.device)
+        self.returns = torch.zeros(num_envs, device=self.device)  # discounted return so far, per env, for norm_reward
+
+        self.batch_size = h.num_steps * num_envs
+        self.minibatch_size = max(1, self.batch_size // h.num_minibatches)
+        self.num_iterations = max(1, total_steps // self.batch_size)
+        self.iteration = 1  # the rollout being collected, counted from 1 as in CleanRL's schedule
+        self.step = 0  # position in the rollout
+        # Rollout storage [num_steps, num_envs, ...]; observations are stored normalised, as the policy saw them.
+        shape = (h.num_steps, num_envs)
+        self.rollout = {
+            "obs": torch.zeros(*shape, obs_dim, device=self.device),
+            "actions": torch.zeros(shape, dtype=torch.long, device=self.device) if self.discrete
+            else torch.zeros(*shape, action_dim, device=self.device),
+            "rewards": torch.zeros(shape, device=self.device),  # normalised when norm_reward
+            "terminated": torch.zeros(shape, dtype=torch.bool, device=self.device),
+            "truncated": torch.zeros(shape, dtype=torch.bool, device=self.device),
+            "next_obs": torch.zeros(*shape, obs_dim, device=self.device),  # the true next observation, normalised
+        }
+
+    @torch.inference_mode()
+    def act(self, obs: torch.Tensor, explore: bool = True) -> torch.Tensor:
+        x = obs.reshape(obs.shape[0], -1).float()  # [num_envs, obs_dim]
+        if self.h.norm_obs:
+            if explore:  # the statistics follow the data collected, never evaluation
+                self.obs_rms.update(x)
+            x = self.obs_rms.normalize(x)
+        out = self.network.actor_mean(x)
+        if not explore:
+            return self._to_env(out.argmax(-1) if self.discrete else out)
+        if self.discrete:
+            action = torch.multinomial(out.softmax(-1), 1, generator=self.generator).squeeze(-1)
+        else:
+            noise = torch.randn(out.shape, generator=self.generator, device=self.device)
+            action = torch.addcmul(out, self.network.actor_logstd.exp(), noise)
+        self.rollout["obs"][self.step] = x
+        self.rollout["actions"][self.step] = action  # unclipped: the log-prob is of the action as drawn
+        return self._to_env(action)
+
+    def _to_env(self, action: torch.Tensor) -> torch.Tensor:
+        if self.discrete:
+            return action + self.action_start
+        return torch.clamp(action, self.low, self.high).view(action.shape[0], *self.action_shape)
+
+    @torch.inference_mode()
+    def observe(self, next_obs: torch.Tensor, reward: torch.Tensor, terminated: torch.Tensor,
+                truncated: torch.Tensor) -> None:
+        rollout, t = self.rollout, self.step
+        x = next_obs.reshape(self.num_envs, -1).float()
+        # Normalised with the statistics act() used for this step's obs; the next act() folds it in.
+        rollout["next_obs"][t] = self.obs_rms.normalize(x) if self.h.norm_obs else x
+        if self.h.norm_reward:
+            self.returns.mul_(self.h.gamma).add_(reward)
+            self.return_rms.update(self.returns)
+            reward = (reward * (self.return_rms.var + NORM_EPS).rsqrt()).clamp(-NORM_CLIP, NORM_CLIP)
+            self.returns.masked_fill_(terminated | truncated, 0.0)  # the next episode's return starts afresh
+        rollout["rewards"][t] = reward
+        rollout["terminated"][t] = terminated
+        rollout["truncated"][t] = truncated
+        self.step += 1
+
+    def update(self) -> dict[str, torch.Tensor] | None:
+        """Learn from the rollout once it is full; None before then."""
+        if self.step < self.h.num_steps:
+            return None
+        h, r = self.h, self.rollout
+        self.step = 0
+        frac = max(0.0, 1.0 - (self.iteration - 1) / self.num_iterations) if h.anneal_lr else 1.0
+        learning_rate = frac * h.learning_rate
+        for group in self.optimizer.param_groups:
+            group["lr"] = learning_rate
+        self.iteration += 1
+
+        with torch.no_grad():
+            # The networks have not changed since they acted on this rollout, so its log-probs and values are
+            # computed now in one batch: the numbers act() would have stored, for a fraction of the time.
+            logprobs = self.network.log_prob(self.network.actor_mean(r["obs"]), r["actions"])  # [T, N]
+            values = self.network.critic(r["obs"]).squeeze(-1)  # [T, N]
+            advantages = self.compute_advantages(values)
+        b_obs, b_actions, b_logprobs = r["obs"].flatten(0, 1), r["actions"].flatten(0, 1), logprobs.flatten()
+        b_advantages, b_values = advantages.flatten(), values.flatten()
+        b_returns = b_advantages + b_values  # the value target
+        batch = (b_obs, b_actions, b_logprobs, b_advantages, b_values, b_returns)
+
+        clipped, num_minibatches = torch.zeros((), device=self.device), 0
+        for _ in range(h.update_epochs):
+            # Minibatches are consecutive slices of a random permutation, as in CleanRL; permuting the whole
+            # batch once per epoch turns each minibatch into views rather than six gathers.
+            permutation = torch.randperm(self.batch_size, generator=self.generator, device=self.device)
+            shuffled = [x[permutation] for x in batch]
+            for start in range(0, self.batch_size, self.minibatch_size):
+                mb_obs, mb_actions, mb_logprobs, mb_advantages, mb_values, mb_returns = (
+                    x[start:start + self.minibatch_size] for x in shuffled)
+                out = self.network.actor_mean(mb_obs)
+                logratio = self.network.log_prob(out, mb_actions) - mb_logprobs
+                ratio = logratio.exp()
+                with torch.no_grad():
+                    clipped += ((ratio - 1.0).abs() > h.clip_coef).float().mean()
+                num_minibatches += 1
+
+                if h.norm_adv:  # a minibatch of one has no unbiased std; its advantage becomes 0
+                    mb_advantages = (mb_advantages - mb_advantages.mean()) / (
+                        mb_advantages.std(correction=min(1, mb_advantages.numel() - 1)) + 1e-8)
+                # Clipped surrogate (PPO eq. 7), negated to minimise: the max of the losses is the min of the objectives.
+                pg_loss = torch.max(-mb_advantages * ratio,
+                                    -mb_advantages * ratio.clamp(1 - h.clip_coef, 1 + h.clip_coef)).mean()
+
+                new_value = self.network.critic(mb_obs).squeeze(-1)
+                v_loss = (new_value - mb_returns).square()
+                if h.clip_vloss:
+                    v_clipped = mb_values + (new_value - mb_values).clamp(-h.clip_coef, h.clip_coef)
+                    v_loss = torch.max(v_loss, (v_clipped - mb_returns).square())
+                v_loss = 0.5 * v_loss.mean()
+                entropy = self.network.entropy(out).mean()
+                loss = pg_loss - h.ent_coef * entropy + h.vf_coef * v_loss
+
+                self.optimizer.zero_grad()
+                loss.backward()
+                nn.utils.clip_grad_norm_(self.parameters, h.max_grad_norm)
+                self.optimizer.step()
+            with torch.no_grad():  # of the epoch's last minibatch, as CleanRL; see http://joschu.net/blog/kl-approx.html
+                approx_kl = ((ratio - 1) - logratio).mean()
+            if h.target_kl > 0 and approx_kl.item() > h.target_kl:  # the only host read, and only when asked
+                break
+
+        var_returns = b_returns.var()
+        explained_var = 1 - (b_returns - b_values).var() / var_returns
+        return {"policy_loss": pg_loss.detach(), "value_loss": v_loss.detach(), "entropy": entropy.detach(),
+                "approx_kl": approx_kl, "clipfrac": clipped / num_minibatches,
+                # 0 rather than CleanRL's NaN for constant returns: the runner takes a NaN metric for divergence.
+                "explained_variance": torch.where(var_returns > 0, explained_var, 0.0),
+                "learning_rate": torch.tensor(learning_rate, device=self.device)}
+
+    def compute_advantages(self, values: torch.Tensor) -> torch.Tensor:
+        """GAE (Schulman et al. 2015, eq. 16) over the rollout, by the backward recursion
+            delta_t = r_t + gamma * V(s_{t+1}) * (1 - done_t) - V(s_t)
+            A_t     = delta_t + gamma * lambda * (1 - done_t) * A_{t+1}
+        with done_t = terminated_t or truncated_t, and V(s_{t+1}) the next step's value, or for the rollout's
+        last step the value of the observation that followed it (CleanRL's next_value). A step truncated by a
+        time limit did not end the MDP: its r_t gets gamma * V(true next obs), so the cut still bootstraps.
+        `values` V(s_t) and the advantages are [num_steps, num_envs]."""
+        r, gamma = self.rollout, self.h.gamma
+        next_obs_values = self.network.critic(r["next_obs"]).squeeze(-1)  # [T, N]
+        rewards = r["rewards"] + gamma * next_obs_values * (r["truncated"] & ~r["terminated"])
+        next_values = torch.cat([values[1:], next_obs_values[-1:]])  # V(s_{t+1}), [T, N]
+        not_done = (~(r["terminated"] | r["truncated"])).float()
+        deltas = rewards + gamma * next_values * not_done - values
+        decays = gamma * self.h.gae_lambda * not_done
+        advantage, advantages = torch.zeros(self.num_envs, device=self.device), []
+        for delta, decay in zip(reversed(deltas.unbind(0)), reversed(decays.unbind(0))):
+            advantage = delta + decay * advantage
+            advantages.append(advantage)
+        return torch.stack(advantages[::-1])
+
+    def state_dict(self) -> dict:
+        """A snapshot (copied, so the agent may go on) of everything a resumed run needs to continue exactly."""
+        return copy.deepcopy({
+            "network": self.network.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "obs_rms": self.obs_rms.state_dict(), "return_rms": self.return_rms.state_dict(),
+            "returns": self.returns, "rollout": self.rollout, "step": self.step, "iteration": self.iteration,
+            "rng": rng_state(self.generator),
+        })
+
+    def load_state_dict(self, state: dict) -> None:
+        self.network.load_state_dict(state["network"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.obs_rms.load_state_dict(state["obs_rms"])
+        self.return_rms.load_state_dict(state["return_rms"])
+        self.returns.copy_(state["returns"])
+        for name, tensor in self.rollout.items():
+            tensor.copy_(state["rollout"][name])
+        self.step, self.iteration = state["step"], state["iteration"]
+        load_rng_state(self.generator, state["rng"])

@@ -1,0 +1,117 @@
+"""The shared rollout loop: what it gives agents at episode ends, determinism, exact resume, divergence."""
+
+import dataclasses
+
+import pytest
+import torch
+
+import lab.rollout
+from lab.rollout import RunSpec, TrainingDiverged, train
+
+COUNT, TERMINATE = "tests.toy_envs:Count-v0", "tests.toy_envs:CountTerminate-v0"
+
+
+def capture_agent(monkeypatch):
+    """Make lab.rollout keep the agent it builds, so a test can look inside it after training."""
+    made = []
+
+    def make_and_keep(*args, **kwargs):
+        made.append(original(*args, **kwargs))
+        return made[-1]
+
+    original = lab.rollout.make_agent
+    monkeypatch.setattr(lab.rollout, "make_agent", make_and_keep)
+    return made
+
+
+def quiet(**fields):
+    return RunSpec(progress=False, log=False, **fields)
+
+
+@pytest.mark.parametrize("env,final_t,terminal", [(COUNT, 5, 0.0), (TERMINATE, 3, 1.0)])
+def test_agents_see_the_true_final_observation_and_only_real_terminations(monkeypatch, env, final_t, terminal):
+    made = capture_agent(monkeypatch)
+    train(quiet(agent="sac_baseline", env=env, seed=0, steps=40, eval_episodes=1,
+                settings={"learning_starts": 1000}))
+    buffer = made[0].buffer
+    next_t = buffer.next_obs[:buffer.size, 0]
+    ends = next_t == final_t
+    assert int(ends.sum()) == 40 // final_t  # every episode's last transition, with its true last observation
+    assert torch.all(buffer.terminated[:buffer.size][ends] == terminal)
+    assert torch.all(buffer.terminated[:buffer.size][~ends] == 0)
+    assert not torch.any(next_t == 0)  # a reset observation never stands in for a next observation
+
+
+# Reward 1 per step, gamma 0.9. Bootstrapping through the time limit of Count-v0 makes every state worth
+# 1 / (1 - 0.9) = 10; cutting the return there instead would give the first state 4.1. CountTerminate-v0
+# really ends after 3 steps: its first state is worth 1 + 0.9 + 0.81 = 2.71.
+VALUE_SETTINGS = {
+    "sac_baseline": {"gamma": 0.9, "autotune": False, "alpha": 0.0, "learning_starts": 100, "hidden_size": 64,
+                     "batch_size": 64},
+    "ppo_baseline": {"gamma": 0.9, "norm_obs": False, "norm_reward": False, "anneal_lr": False,
+                     "learning_rate": 1e-3, "num_steps": 64, "num_minibatches": 4},
+}
+
+
+def first_state_value(agent) -> float:
+    obs = torch.tensor([[0.0, 1.0]])
+    with torch.no_grad():
+        if hasattr(agent, "critic") and hasattr(agent, "buffer"):
+            return float(agent.critic(obs, agent.act(obs, explore=False)).min())
+        return float(agent.network.critic(obs))
+
+
+@pytest.mark.parametrize("agent", list(VALUE_SETTINGS))
+def test_values_bootstrap_through_truncation_but_not_termination(monkeypatch, agent):
+    made = capture_agent(monkeypatch)
+    for env in (COUNT, TERMINATE):
+        train(quiet(agent=agent, env=env, seed=0, steps=3000, eval_episodes=1, settings=VALUE_SETTINGS[agent]))
+    truncated_value, terminated_value = first_state_value(made[0]), first_state_value(made[1])
+    assert truncated_value > 7.0, f"time limit treated as termination? V(s0) = {truncated_value:.2f}, expected ~10"
+    assert 2.2 < terminated_value < 3.3, f"V(s0) = {terminated_value:.2f}, expected ~2.71"
+
+
+def without_timing(record):
+    return {k: v for k, v in record.items() if k not in ("wall_s", "sps")}
+
+
+def test_same_seed_same_record():
+    spec = quiet(agent="sac_baseline", env="Pendulum-v1", seed=3, steps=600, eval_every=300, eval_episodes=2,
+                 settings={"learning_starts": 200, "hidden_size": 32})
+    assert without_timing(train(spec)) == without_timing(train(spec))
+
+
+@pytest.mark.parametrize("agent,settings", [("sac_baseline", {"learning_starts": 200, "hidden_size": 32}),
+                                            ("ppo_baseline", {"num_steps": 128, "num_minibatches": 4})])
+def test_resume_from_checkpoint_continues_exactly(tmp_path, agent, settings):
+    common = dict(agent=agent, env="Pendulum-v1", seed=1, steps=1000, eval_every=200, eval_episodes=2,
+                  settings=settings, checkpoint_every=300)
+    uninterrupted = train(quiet(run_dir=str(tmp_path / "a"), **common))
+    # Stop after the evaluation at step 600; the last checkpoint is at the episode end at step 400.
+    spec = quiet(run_dir=str(tmp_path / "b"), **common)
+    stopped = train(spec, on_eval=lambda step, _: step < 600)
+    assert stopped["stopped_at"] == 600
+    assert torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=False)["state"]["step"] == 400
+    resumed = train(dataclasses.replace(spec, resume=True))
+    assert without_timing(resumed) == without_timing(uninterrupted)
+
+
+def test_a_nan_in_a_loss_stops_the_run_with_a_clear_error(monkeypatch):
+    spec = quiet(agent="sac_baseline", env="Pendulum-v1", seed=0, steps=400, eval_episodes=1,
+                 settings={"learning_starts": 50, "hidden_size": 16}, log_every=100)
+    original_update = None
+
+    def poisoned_update():
+        metrics = original_update()
+        return metrics and {**metrics, "qf_loss": torch.tensor(float("nan"))}
+
+    def make_and_poison(*args, **kwargs):
+        nonlocal original_update
+        agent = made_factory(*args, **kwargs)
+        original_update, agent.update = agent.update, poisoned_update
+        return agent
+
+    made_factory = lab.rollout.make_agent
+    monkeypatch.setattr(lab.rollout, "make_agent", make_and_poison)
+    with pytest.raises(TrainingDiverged, match=r"qf_loss became nan at step 100"):
+        train(spec)

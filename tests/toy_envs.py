@@ -1,0 +1,34 @@
+"""Tiny environments for tests, registered on import (use them as 'tests.toy_envs:Count-v0')."""
+
+import gymnasium as gym
+import numpy as np
+
+
+class Count(gym.Env):
+    """The observation is the step count t (and a constant). Terminates when t reaches `terminate_at`, if set;
+    the registered time limit truncates the rest. Reward 1 per step. `crash_at`: raise at that step."""
+
+    def __init__(self, terminate_at: int | None = None, crash_at: int | None = None):
+        self.observation_space = gym.spaces.Box(-np.inf, np.inf, (2,), np.float32)
+        self.action_space = gym.spaces.Box(-1.0, 1.0, (1,), np.float32)
+        self.terminate_at, self.crash_at, self.t = terminate_at, crash_at, 0
+
+    def obs(self):
+        return np.array([self.t, 1.0], dtype=np.float32)
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.t = 0
+        return self.obs(), {}
+
+    def step(self, action):
+        self.t += 1
+        if self.crash_at is not None and self.t >= self.crash_at:
+            raise RuntimeError("the toy environment crashed on purpose")
+        terminated = self.terminate_at is not None and self.t >= self.terminate_at
+        return self.obs(), 1.0, terminated, False, {}
+
+
+gym.register("Count-v0", entry_point=Count, max_episode_steps=5)
+gym.register("CountTerminate-v0", entry_point=Count, max_episode_steps=5, kwargs={"terminate_at": 3})
+gym.register("Crash-v0", entry_point=Count, max_episode_steps=50, kwargs={"crash_at": 40})
