@@ -54,6 +54,8 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--name", default=None, help="run name: logs go to runs/NAME (default: a timestamp)")
     parser.add_argument("--log", action=argparse.BooleanOptionalAction, default=True,
                         help="write TensorBoard events (default on)")
+    parser.add_argument("--log-every", type=positive_int, default=1000,
+                        help="steps between reads of the agent's metrics into the logs (default 1000)")
     parser.add_argument("--eval-every", type=non_negative_int, default=None,
                         help="steps between evaluations (default: a tenth of the budget; 0: only at the end)")
     parser.add_argument("--eval-episodes", type=positive_int, default=10, help="episodes per evaluation (default 10)")
@@ -99,7 +101,7 @@ def plan_runs(args, runs_root: Path = RUNS) -> tuple[Path, list[RunSpec], dict]:
     if run_root.exists():
         raise UsageError(f"{run_root} already exists; choose another --name, or continue it with --resume {name}")
     config = {"agents": list(settings), "envs": {env_id: args.steps or steps for env_id, steps in budgets.items()},
-              "seeds": args.seeds, "device": device, "settings": settings, "log": args.log,
+              "seeds": args.seeds, "device": device, "settings": settings, "log": args.log, "log_every": args.log_every,
               "eval_every": args.eval_every, "eval_episodes": args.eval_episodes,
               "checkpoint_every": args.checkpoint_every, "command": sys.argv}
     return run_root, specs_from_config(run_root, config, resume=False), config
@@ -114,7 +116,7 @@ def specs_from_config(run_root: Path, config: dict, resume: bool) -> list[RunSpe
                 specs.append(RunSpec(
                     agent=agent, env=env_id, seed=seed, steps=steps, settings=config["settings"][agent],
                     run_dir=str(run_root / run_dir_name(agent) / env_id / f"seed_{seed}"), device=config["device"],
-                    log=config["log"], eval_every=eval_every, eval_episodes=config["eval_episodes"],
+                    log=config["log"], log_every=config["log_every"], eval_every=eval_every, eval_episodes=config["eval_episodes"],
                     checkpoint_every=config["checkpoint_every"], resume=resume))
     return specs
 

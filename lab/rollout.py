@@ -150,7 +150,7 @@ def train(spec: RunSpec, on_eval: Callable[[int, float], bool] | None = None) ->
                     writer.add_scalar("charts/episodic_length", episode_length[index], step)
             episode_return[done], episode_length[done] = 0.0, 0
 
-            if step % spec.log_every < spec.num_envs and metrics is not None:
+            if metrics is not None and (step % spec.log_every < spec.num_envs or step >= spec.steps):
                 values = {key: float(value) for key, value in metrics.items()}
                 check_finite(values, step, spec)
                 if writer:
