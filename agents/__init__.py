@@ -79,7 +79,8 @@ def resolve_hyperparameters(spec: str, settings: list[str] | dict | None = None)
     overrides: dict = {}
     if preset is not None:
         if preset not in module.PRESETS:
-            raise UsageError(f"unknown preset '{preset}' of {name}; {closest(preset, module.PRESETS) if module.PRESETS else 'it has none'}")
+            hint = closest(preset, module.PRESETS) if module.PRESETS else "it has none"
+            raise UsageError(f"unknown preset '{preset}' of {name}; {hint}")
         overrides.update(module.PRESETS[preset])
     types = hyperparameter_types(module)
     items = settings.items() if isinstance(settings, dict) else [_split_setting(s) for s in settings or []]

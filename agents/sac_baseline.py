@@ -43,8 +43,8 @@ class Hyperparameters(HyperparametersBase):
     hidden_size: int = 256  # width of the two hidden layers of actor and critics
     n_critics: int = 2  # Q functions in the ensemble; targets use their minimum (clipped double Q)
 
-    positive = ("buffer_size", "batch_size", "policy_lr", "q_lr", "policy_frequency", "target_network_frequency",
-                "replay_ratio", "hidden_size", "n_critics")
+    positive = ("buffer_size", "batch_size", "policy_lr", "q_lr", "policy_frequency",
+                "target_network_frequency", "replay_ratio", "hidden_size", "n_critics")
     unit_interval = ("gamma", "tau")
 
     def check(self) -> None:
@@ -64,7 +64,8 @@ class Actor(nn.Module):
 
     def __init__(self, obs_dim: int, action_dim: int, hidden: int):
         super().__init__()
-        self.trunk = nn.Sequential(nn.Linear(obs_dim, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, hidden), nn.ReLU(inplace=True))
+        self.trunk = nn.Sequential(nn.Linear(obs_dim, hidden), nn.ReLU(inplace=True),
+                                   nn.Linear(hidden, hidden), nn.ReLU(inplace=True))
         self.head = nn.Linear(hidden, 2 * action_dim)  # mean and log_std in one matmul
 
     def forward(self, obs):
@@ -82,8 +83,8 @@ class Critics(nn.Module):
     def __init__(self, n: int, obs_dim: int, action_dim: int, hidden: int):
         super().__init__()
         self.qfs = nn.ModuleList([
-            nn.Sequential(nn.Linear(obs_dim + action_dim, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, hidden), nn.ReLU(inplace=True),
-                          nn.Linear(hidden, 1))
+            nn.Sequential(nn.Linear(obs_dim + action_dim, hidden), nn.ReLU(inplace=True),
+                          nn.Linear(hidden, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, 1))
             for _ in range(n)])
 
     def forward(self, obs, action):

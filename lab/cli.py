@@ -42,7 +42,8 @@ def non_negative_int(text: str) -> int:
 
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--agent", nargs="+", default=list(AGENTS), metavar="AGENT",
-                        help=f"agents to train, optionally with a preset (name:preset); default: all ({', '.join(AGENTS)})")
+                        help=f"agents to train, optionally with a preset (name:preset); "
+                             f"default: all ({', '.join(AGENTS)})")
     parser.add_argument("--envs", nargs="+", default=["quick"], metavar="ENV",
                         help=f"Gymnasium ids and/or suites ({', '.join(SUITES)}); default: quick")
     parser.add_argument("--seeds", type=positive_int, default=1, help="seeds per environment: 0 .. N-1 (default 1)")
@@ -101,7 +102,8 @@ def plan_runs(args, runs_root: Path = RUNS) -> tuple[Path, list[RunSpec], dict]:
     if run_root.exists():
         raise UsageError(f"{run_root} already exists; choose another --name, or continue it with --resume {name}")
     config = {"agents": list(settings), "envs": {env_id: args.steps or steps for env_id, steps in budgets.items()},
-              "seeds": args.seeds, "device": device, "settings": settings, "log": args.log, "log_every": args.log_every,
+              "seeds": args.seeds, "device": device, "settings": settings,
+              "log": args.log, "log_every": args.log_every,
               "eval_every": args.eval_every, "eval_episodes": args.eval_episodes,
               "checkpoint_every": args.checkpoint_every, "command": sys.argv}
     return run_root, specs_from_config(run_root, config, resume=False), config
@@ -116,7 +118,8 @@ def specs_from_config(run_root: Path, config: dict, resume: bool) -> list[RunSpe
                 specs.append(RunSpec(
                     agent=agent, env=env_id, seed=seed, steps=steps, settings=config["settings"][agent],
                     run_dir=str(run_root / run_dir_name(agent) / env_id / f"seed_{seed}"), device=config["device"],
-                    log=config["log"], log_every=config["log_every"], eval_every=eval_every, eval_episodes=config["eval_episodes"],
+                    log=config["log"], log_every=config["log_every"], eval_every=eval_every,
+                    eval_episodes=config["eval_episodes"],
                     checkpoint_every=config["checkpoint_every"], resume=resume))
     return specs
 

@@ -1,0 +1,162 @@
+"""Environment steps per second with updates, for the lab's agents and, when installed, Stable-Baselines3's.
+
+    python benchmarks/throughput.py                  # all contenders, 3 interleaved repeats
+    python benchmarks/throughput.py --only sac --repeats 1
+
+Each measurement is a fresh process pinned to one core with one torch thread (as a learn_simple worker is),
+and the repeats of all contenders are interleaved so that drifts in machine load hit them alike. Settings
+mirror each other (see CONTENDERS). SAC is timed from the end of its warm-up (step 1000) to step 6000, PPO over
+its whole 20480 steps. `--scaling` also times one learn_simple-style worker alone against two at once on two
+cores. Stable-Baselines3 is not a dependency of the lab: `pip install stable-baselines3` to include it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+ENV = "HalfCheetah-v5"
+SAC_WARMUP, SAC_STEPS, PPO_STEPS = 1000, 6000, 20480
+# The lab's PPO with SB3's defaults: no normalisation wrappers, no value clipping.
+PPO_AS_SB3 = {"norm_obs": False, "norm_reward": False, "clip_vloss": False}
+
+
+def lab_sac(seed: int) -> float:
+    from lab.rollout import RunSpec, train
+    marks = {}
+
+    def mark(step, _):
+        marks[step] = time.perf_counter()
+        return True
+
+    # Evaluations (one episode) at every 1000 steps give the timestamps; their cost counts against the lab.
+    train(RunSpec(agent="sac_baseline", env=ENV, seed=seed, steps=SAC_STEPS, eval_every=SAC_WARMUP,
+                  eval_episodes=1, log=False, progress=False, settings={"learning_starts": SAC_WARMUP}), on_eval=mark)
+    return (SAC_STEPS - SAC_WARMUP) / (marks[SAC_STEPS] - marks[SAC_WARMUP])
+
+
+def lab_ppo(seed: int) -> float:
+    from lab.rollout import RunSpec, train
+    started = time.perf_counter()
+    train(RunSpec(agent="ppo_baseline", env=ENV, seed=seed, steps=PPO_STEPS, eval_episodes=1, log=False,
+                  progress=False, settings=PPO_AS_SB3))
+    return PPO_STEPS / (time.perf_counter() - started)
+
+
+def sb3_sac(seed: int) -> float:
+    import gymnasium as gym
+    from stable_baselines3 import SAC
+    from stable_baselines3.common.callbacks import BaseCallback
+    marks = {}
+
+    class Mark(BaseCallback):
+        def _on_step(self):
+            if self.num_timesteps in (SAC_WARMUP, SAC_STEPS):
+                marks[self.num_timesteps] = time.perf_counter()
+            return True
+
+    model = SAC("MlpPolicy", gym.make(ENV), learning_starts=SAC_WARMUP, batch_size=256, seed=seed, device="cpu",
+                policy_kwargs={"net_arch": [256, 256]})
+    model.learn(SAC_STEPS, callback=Mark())
+    return (SAC_STEPS - SAC_WARMUP) / (marks[SAC_STEPS] - marks[SAC_WARMUP])
+
+
+def sb3_ppo(seed: int) -> float:
+    import gymnasium as gym
+    from stable_baselines3 import PPO
+    model = PPO("MlpPolicy", gym.make(ENV), n_steps=2048, batch_size=64, n_epochs=10, seed=seed, device="cpu")
+    started = time.perf_counter()
+    model.learn(PPO_STEPS)
+    return PPO_STEPS / (time.perf_counter() - started)
+
+
+CONTENDERS = {
+    "sac": {"lab sac_baseline": lab_sac, "SB3 SAC": sb3_sac},
+    "ppo": {"lab ppo_baseline": lab_ppo, "SB3 PPO": sb3_ppo},
+}
+SETTINGS = {
+    "sac": f"256x256, batch 256, 1 update per step, learning starts {SAC_WARMUP}, timed steps {SAC_WARMUP}-{SAC_STEPS}",
+    "ppo": f"1 env, 2048 steps/rollout, 10 epochs, minibatch 64, 64x64 tanh, {PPO_STEPS} steps",
+}
+
+
+def measure(function, seed: int, core: int, results) -> None:
+    os.sched_setaffinity(0, [core])
+    import torch
+    torch.set_num_threads(1)
+    results.put(function(seed))
+
+
+def in_processes(jobs: list[tuple]) -> list[float]:
+    """Run (function, seed, core) jobs at the same time, each in its own process; their steps/s in order."""
+    context = multiprocessing.get_context("spawn")
+    queues = [context.Queue() for _ in jobs]
+    processes = [context.Process(target=measure, args=(*job, queue)) for job, queue in zip(jobs, queues)]
+    for process in processes:
+        process.start()
+    values = [queue.get() for queue in queues]
+    for process in processes:
+        process.join()
+    return values
+
+
+def available(name: str) -> bool:
+    if not name.startswith("SB3"):
+        return True
+    try:
+        import stable_baselines3  # noqa: F401
+        return True
+    except ImportError:
+        return False
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--only", choices=list(CONTENDERS), nargs="+", default=list(CONTENDERS))
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--scaling", action="store_true", help="also time 1 worker alone vs 2 workers at once")
+    parser.add_argument("--json", type=Path, help="also write the figures to this file")
+    args = parser.parse_args()
+    core = sorted(os.sched_getaffinity(0))[0]
+    figures = {}
+    for group in args.only:
+        contenders = {name: fn for name, fn in CONTENDERS[group].items() if available(name)}
+        samples = {name: [] for name in contenders}
+        for repeat in range(args.repeats):
+            for name, function in contenders.items():
+                samples[name].append(in_processes([(function, repeat, core)])[0])
+                print(f"  {name:<18} repeat {repeat + 1}: {samples[name][-1]:8.1f} steps/s", flush=True)
+        figures[group] = samples
+    if args.scaling:
+        cores = sorted(os.sched_getaffinity(0))[:2]
+        alone = in_processes([(lab_sac, 0, cores[0])])
+        together = in_processes([(lab_sac, 0, cores[0]), (lab_sac, 1, cores[1])])
+        figures["scaling"] = {"one worker": alone, "two workers": together}
+
+    print(f"\n## Throughput on {ENV}, one core each (median (min-max) of {args.repeats})\n")
+    print("| contender | settings | steps/s | vs SB3 |\n|---|---|---|---|")
+    for group in args.only:
+        samples = figures[group]
+        reference = next((statistics.median(v) for k, v in samples.items() if k.startswith("SB3")), None)
+        for name, values in samples.items():
+            median = statistics.median(values)
+            ratio = f"{median / reference:.2f}x" if reference else "-"
+            print(f"| {name} | {SETTINGS[group]} | {median:.0f} ({min(values):.0f}-{max(values):.0f}) | {ratio} |")
+    if args.scaling:
+        alone, together = figures["scaling"]["one worker"][0], sum(figures["scaling"]["two workers"])
+        print(f"\nlab sac_baseline, one worker alone: {alone:.0f} steps/s; two workers on two cores: "
+              f"{together:.0f} steps/s in total ({together / alone:.2f}x)")
+    if args.json:
+        args.json.write_text(json.dumps(figures, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,20 @@
+"""Agents learn: fixed seeds, short budgets, thresholds far from both random and expert returns.
+
+Random policies score about -1200 on Pendulum-v1 and about 20 on CartPole-v1; the thresholds below sit well
+above those and well below what these budgets reach (about -200 and 500), so a loaded machine only changes
+the time these tests take, and a broken agent still fails them.
+"""
+
+from lab.rollout import RunSpec, train
+
+
+def test_sac_learns_pendulum():
+    record = train(RunSpec(agent="sac_baseline", env="Pendulum-v1", seed=0, steps=5000, eval_episodes=5,
+                           log=False, progress=False))
+    assert record["final_return"] > -500, record["evaluations"]
+
+
+def test_ppo_learns_cartpole():
+    record = train(RunSpec(agent="ppo_baseline", env="CartPole-v1", seed=0, steps=50_000, eval_episodes=5,
+                           log=False, progress=False))
+    assert record["final_return"] > 300, record["evaluations"]
