@@ -154,9 +154,9 @@ class Agent:
 
         torch.manual_seed(seed)  # only the initialisation draws from the global stream
         self.network = ActorCritic(obs_dim, action_dim, h.hidden_size, self.discrete).to(self.device)
-        self.parameters = list(self.network.parameters())  # a list: clip_grad_norm_ is slower given a generator
+        self.params = list(self.network.parameters())  # a list: clip_grad_norm_ is slower given a generator
         # fused: one kernel steps every parameter (4x faster than the default on a CPU, same update).
-        self.optimizer = torch.optim.Adam(self.parameters, lr=h.learning_rate, eps=1e-5, fused=True)
+        self.optimizer = torch.optim.Adam(self.params, lr=h.learning_rate, eps=1e-5, fused=True)
         self.generator = make_generator(seed, self.device)
         self.obs_rms = RunningMeanStd((obs_dim,), self.device)
         self.return_rms = RunningMeanStd((), self.device)
@@ -262,7 +262,7 @@ class Agent:
                 if h.norm_adv:  # a minibatch of one has no unbiased std; its advantage becomes 0
                     mb_advantages = (mb_advantages - mb_advantages.mean()) / (
                         mb_advantages.std(correction=min(1, mb_advantages.numel() - 1)) + 1e-8)
-                # Clipped surrogate (PPO eq. 7), negated to minimise: the max of the losses is the min of the objectives.
+                # Clipped surrogate (PPO eq. 7), negated to minimise: the max of two losses, the min of two objectives.
                 pg_loss = torch.max(-mb_advantages * ratio,
                                     -mb_advantages * ratio.clamp(1 - h.clip_coef, 1 + h.clip_coef)).mean()
 
@@ -277,9 +277,9 @@ class Agent:
 
                 self.optimizer.zero_grad()
                 loss.backward()
-                nn.utils.clip_grad_norm_(self.parameters, h.max_grad_norm)
+                nn.utils.clip_grad_norm_(self.params, h.max_grad_norm)
                 self.optimizer.step()
-            with torch.no_grad():  # of the epoch's last minibatch, as CleanRL; see http://joschu.net/blog/kl-approx.html
+            with torch.no_grad():  # the epoch's last minibatch, as CleanRL's (http://joschu.net/blog/kl-approx.html)
                 approx_kl = ((ratio - 1) - logratio).mean()
             if h.target_kl > 0 and approx_kl.item() > h.target_kl:  # the only host read, and only when asked
                 break
