@@ -113,7 +113,7 @@ def collect(process, spec: RunSpec) -> dict:
 def main() -> int:
     parser = ArgumentParser(description=__doc__.split("\n")[0])
     add_run_arguments(parser)
-    parser.add_argument("--workers", type=int, default=os.cpu_count(),
+    parser.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)),
                         help="runs at once, one process each (default: the number of cores)")
     args = parser.parse_args()
     if args.list:

@@ -69,7 +69,10 @@ class ReplayBuffer:
     def add(self, obs, action, reward, next_obs, terminated) -> None:
         """Add a batch of transitions, one per environment: every argument has a leading [num_envs] axis."""
         n = obs.shape[0]
-        index = (self.position + torch.arange(n, device=self.device)) % self.capacity
+        end = self.position + n
+        # A slice is one copy per field; only a batch that wraps around needs an index.
+        index = slice(self.position, end) if end <= self.capacity else \
+            torch.arange(self.position, end, device=self.device) % self.capacity
         self.obs[index], self.actions[index], self.next_obs[index] = obs, action, next_obs
         self.rewards[index], self.terminated[index] = reward, terminated.float()
         self.position = (self.position + n) % self.capacity

@@ -137,11 +137,10 @@ class Agent:
                 action = self.action_bias + self.action_scale * (2 * uniform - 1)
             else:
                 mean, log_std = self.actor(obs)
-                if explore:
+                if explore:  # a sample, without the log-probability that only the update needs
                     noise = torch.randn(mean.shape, device=self.device, generator=self.generator)
-                    action, _ = tanh_gaussian(mean, log_std, noise, self.action_scale, self.action_bias)
-                else:
-                    action = torch.tanh(mean) * self.action_scale + self.action_bias
+                    mean = torch.addcmul(mean, log_std.exp(), noise)
+                action = torch.tanh(mean) * self.action_scale + self.action_bias
         if explore:
             self.last_obs, self.last_action = obs, action
         return action

@@ -29,26 +29,39 @@ SAC_WARMUP, SAC_STEPS, PPO_STEPS = 1000, 6000, 20480
 PPO_AS_SB3 = {"norm_obs": False, "norm_reward": False, "clip_vloss": False}
 
 
-def lab_sac(seed: int) -> float:
-    from lab.rollout import RunSpec, train
-    marks = {}
+def timed_lab_run(spec_fields: dict, marks_at: tuple[int, int]) -> float:
+    """Steps per second of a lab run between two steps, evaluation time excluded (SB3's timing has none).
+    The marks are taken at evaluations, so both steps must be multiples of eval_every (or the budget)."""
+    import lab.rollout
+    marks, evaluating = {}, []
+    evaluate = lab.rollout.evaluate
+
+    def timed_evaluate(*args):
+        started = time.perf_counter()
+        result = evaluate(*args)
+        evaluating.append(time.perf_counter() - started)
+        return result
 
     def mark(step, _):
-        marks[step] = time.perf_counter()
+        marks[step] = time.perf_counter() - sum(evaluating)
         return True
 
-    # Evaluations (one episode) at every 1000 steps give the timestamps; their cost counts against the lab.
-    train(RunSpec(agent="sac_baseline", env=ENV, seed=seed, steps=SAC_STEPS, eval_every=SAC_WARMUP,
-                  eval_episodes=1, log=False, progress=False, settings={"learning_starts": SAC_WARMUP}), on_eval=mark)
-    return (SAC_STEPS - SAC_WARMUP) / (marks[SAC_STEPS] - marks[SAC_WARMUP])
+    lab.rollout.evaluate = timed_evaluate
+    marks[0] = time.perf_counter()
+    lab.rollout.train(lab.rollout.RunSpec(eval_episodes=1, log=False, progress=False, **spec_fields), on_eval=mark)
+    start, end = marks_at
+    return (end - start) / (marks[end] - marks[start])
+
+
+def lab_sac(seed: int) -> float:
+    return timed_lab_run({"agent": "sac_baseline", "env": ENV, "seed": seed, "steps": SAC_STEPS,
+                          "eval_every": SAC_WARMUP, "settings": {"learning_starts": SAC_WARMUP}},
+                         (SAC_WARMUP, SAC_STEPS))
 
 
 def lab_ppo(seed: int) -> float:
-    from lab.rollout import RunSpec, train
-    started = time.perf_counter()
-    train(RunSpec(agent="ppo_baseline", env=ENV, seed=seed, steps=PPO_STEPS, eval_episodes=1, log=False,
-                  progress=False, settings=PPO_AS_SB3))
-    return PPO_STEPS / (time.perf_counter() - started)
+    return timed_lab_run({"agent": "ppo_baseline", "env": ENV, "seed": seed, "steps": PPO_STEPS,
+                          "settings": PPO_AS_SB3}, (0, PPO_STEPS))
 
 
 def sb3_sac(seed: int) -> float:
