@@ -21,7 +21,7 @@ from multiprocessing.connection import wait
 from pathlib import Path
 
 from lab import UsageError
-from lab.cli import CONFIG, ArgumentParser, add_run_arguments, exit_on_usage_error, listing, plan_runs
+from lab.cli import CONFIG, ArgumentParser, add_run_arguments, exit_on_usage_error, listing, plan_runs, positive_int
 from lab.results import aggregate, format_table
 from lab.rollout import RESULT, RunSpec, TrainingDiverged, train, write_json
 
@@ -57,6 +57,8 @@ def worker(spec: RunSpec, threads: int, cpus: list[int] | None) -> None:
 
 def schedule(specs: list[RunSpec], workers: int) -> tuple[list[dict], list[dict], bool]:
     """Run the specs, at most `workers` at once; returns (records, failures, interrupted)."""
+    if not specs:
+        return [], [], False
     cores = sorted(os.sched_getaffinity(0))
     slots = min(workers, len(specs))
     threads = max(1, len(cores) // slots)
@@ -92,7 +94,10 @@ def schedule(specs: list[RunSpec], workers: int) -> tuple[list[dict], list[dict]
             if process.is_alive():
                 process.terminate()
                 process.join()
-            failures.append({"agent": spec.agent, "env": spec.env, "seed": spec.seed, "error": "interrupted"})
+            outcome = collect(process, spec)  # a run may have finished in the meantime
+            (records if "final_return" in outcome else failures).append(outcome)
+        failures += [{"agent": spec.agent, "env": spec.env, "seed": spec.seed, "error": "not started"}
+                     for spec in pending]
     return records, failures, interrupted
 
 
@@ -102,26 +107,29 @@ def collect(process, spec: RunSpec) -> dict:
         return json.loads((run_dir / RESULT).read_text())
     if (run_dir / ERROR).exists():
         error = (run_dir / ERROR).read_text().splitlines()[0]
-    elif process.exitcode == INTERRUPTED:
-        error = "interrupted"
+    elif process.exitcode in (INTERRUPTED, -signal.SIGTERM):
+        return {"agent": spec.agent, "env": spec.env, "seed": spec.seed, "error": "interrupted"}
     else:
         error = f"worker died with exit code {process.exitcode} (killed by a signal or out of memory?)"
     print(f"[{spec.label}] FAILED: {error} (details: {run_dir / ERROR})", file=sys.stderr, flush=True)
     return {"agent": spec.agent, "env": spec.env, "seed": spec.seed, "error": error}
 
 
+def stop_on_sigterm(signum, frame):
+    raise KeyboardInterrupt  # a kill or a scheduler's timeout stops the runs as Ctrl-C does
+
+
 def main() -> int:
     parser = ArgumentParser(description=__doc__.split("\n")[0])
     add_run_arguments(parser)
-    parser.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)),
+    parser.add_argument("--workers", type=positive_int, default=len(os.sched_getaffinity(0)),
                         help="runs at once, one process each (default: the number of cores)")
     args = parser.parse_args()
     if args.list:
         print(listing())
         return 0
-    if args.workers is None or args.workers <= 0:
-        raise UsageError(f"--workers expects a positive integer, got {args.workers}")
-    run_root, specs, config = plan_runs(args)
+    run_root, specs, config = plan_runs(args, parser)
+    signal.signal(signal.SIGTERM, stop_on_sigterm)
     run_root.mkdir(parents=True, exist_ok=True)
     if not args.resume:
         write_json(run_root / CONFIG, config)

@@ -26,8 +26,8 @@ import gymnasium as gym
 import torch
 from torch import nn
 
-from agents.common import (HyperparametersBase, action_bounds, load_rng_state, make_generator, observation_shape,
-                           rng_state)
+from agents.common import (LOG_SQRT_2PI, HyperparametersBase, action_bounds, load_rng_state, make_generator,
+                           observation_shape, rng_state)
 from lab import UsageError
 
 
@@ -59,7 +59,6 @@ class Hyperparameters(HyperparametersBase):
 PRESETS: dict[str, dict] = {}
 
 NORM_EPS, NORM_CLIP = 1e-8, 10.0  # gymnasium's epsilon in the normalisers; CleanRL's clip after them
-HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 
 
 class RunningMeanStd:
@@ -123,14 +122,14 @@ class ActorCritic(nn.Module):
         if self.discrete:
             return out.log_softmax(-1).gather(-1, action.unsqueeze(-1)).squeeze(-1)
         z = (action - out) * (-self.actor_logstd).exp()
-        return (-0.5 * z.square() - self.actor_logstd - HALF_LOG_2PI).sum(-1)
+        return (-0.5 * z.square() - self.actor_logstd - LOG_SQRT_2PI).sum(-1)
 
     def entropy(self, out: torch.Tensor) -> torch.Tensor:
         """The policy's entropy [...] at the states whose actor outputs are `out` [..., action_dim]."""
         if self.discrete:
             log_p = out.log_softmax(-1)
             return -(log_p.exp() * log_p).sum(-1)
-        return (0.5 + HALF_LOG_2PI + self.actor_logstd).sum(-1).expand(out.shape[:-1])
+        return (0.5 + LOG_SQRT_2PI + self.actor_logstd).sum(-1).expand(out.shape[:-1])
 
 
 class Agent:

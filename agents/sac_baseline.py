@@ -36,7 +36,7 @@ class Hyperparameters(HyperparametersBase):
     q_lr: float = 1e-3  # Adam learning rate of the critics (and of the temperature, as in CleanRL)
     policy_frequency: int = 2  # actor update every this many critic updates, done this many times (TD3-style)
     target_network_frequency: int = 1  # Polyak update of the target critics every this many critic updates
-    alpha: float = 0.2  # entropy temperature when autotune is off
+    alpha: float = 0.2  # entropy temperature when autotune is off (autotune starts from 1, as CleanRL)
     autotune: bool = True  # learn the temperature towards the target entropy
     target_entropy_scale: float = 1.0  # target entropy = -target_entropy_scale * |A|
     replay_ratio: float = 1.0  # gradient updates per environment transition
@@ -46,12 +46,6 @@ class Hyperparameters(HyperparametersBase):
     positive = ("buffer_size", "batch_size", "policy_lr", "q_lr", "policy_frequency",
                 "target_network_frequency", "replay_ratio", "hidden_size", "n_critics")
     unit_interval = ("gamma", "tau")
-
-    def check(self) -> None:
-        super().check()
-        if self.autotune and self.alpha == 0:
-            raise UsageError("hyperparameter alpha is the temperature autotune starts from and must be > 0; "
-                             "for no entropy bonus set autotune=false alpha=0")
 
 
 PRESETS: dict[str, dict] = {}
@@ -111,8 +105,10 @@ class Agent:
         self.critic_target = Critics(h.n_critics, obs_shape[0], action_dim, h.hidden_size).to(self.device)
         self.critic_target.load_state_dict(self.critic.state_dict())
         self.critic_target.requires_grad_(False)
-        log_alpha = math.log(h.alpha) if h.alpha > 0 else -math.inf  # alpha 0: no entropy bonus
-        self.log_alpha = torch.tensor(log_alpha, device=self.device, requires_grad=h.autotune)
+        if h.autotune:
+            self.log_alpha = torch.zeros((), device=self.device, requires_grad=True)
+        else:  # a fixed temperature; 0 turns the entropy bonus off
+            self.log_alpha = torch.tensor(math.log(h.alpha) if h.alpha > 0 else -math.inf, device=self.device)
         self.target_entropy = -h.target_entropy_scale * action_dim
         fused = self.device.type in ("cpu", "cuda")
         self.q_optimizer = torch.optim.Adam(self.critic.parameters(), lr=h.q_lr, fused=fused)
@@ -137,10 +133,11 @@ class Agent:
                 action = self.action_bias + self.action_scale * (2 * uniform - 1)
             else:
                 mean, log_std = self.actor(obs)
+                pre_tanh = mean
                 if explore:  # a sample, without the log-probability that only the update needs
                     noise = torch.randn(mean.shape, device=self.device, generator=self.generator)
-                    mean = torch.addcmul(mean, log_std.exp(), noise)
-                action = torch.tanh(mean) * self.action_scale + self.action_bias
+                    pre_tanh = torch.addcmul(mean, log_std.exp(), noise)
+                action = torch.tanh(pre_tanh) * self.action_scale + self.action_bias
         if explore:
             self.last_obs, self.last_action = obs, action
         return action
@@ -176,10 +173,10 @@ class Agent:
             noise = torch.randn(next_mean.shape, device=self.device, generator=self.generator)
             next_actions, next_log_pi = tanh_gaussian(next_mean, next_log_std, noise, self.action_scale,
                                                       self.action_bias)
-            next_q = self.critic_target(next_obs, next_actions).min(dim=0).values - alpha * next_log_pi
-            target_q = rewards + (1 - terminated) * h.gamma * next_q
+            min_qf_next_target = self.critic_target(next_obs, next_actions).min(dim=0).values - alpha * next_log_pi
+            next_q_value = rewards + (1 - terminated) * h.gamma * min_qf_next_target
         q = self.critic(obs, actions)  # [n_critics, B]
-        qf_loss = (q - target_q).pow(2).mean(dim=1).sum()
+        qf_loss = (q - next_q_value).pow(2).mean(dim=1).sum()
         self.q_optimizer.zero_grad(set_to_none=True)
         qf_loss.backward()
         self.q_optimizer.step()
@@ -190,7 +187,7 @@ class Agent:
             for _ in range(h.policy_frequency):
                 self.actor_metrics = self.actor_step(obs)
         if self.critic_updates % h.target_network_frequency == 0:
-            with torch.no_grad():
+            with torch.no_grad():  # Polyak: target <- (1 - tau) * target + tau * online, all tensors in one call
                 torch._foreach_lerp_(list(self.critic_target.parameters()), list(self.critic.parameters()), h.tau)
         return {"qf_loss": qf_loss.detach(), "q_mean": q.detach().mean(), **self.actor_metrics}
 

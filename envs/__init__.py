@@ -34,9 +34,10 @@ DEFAULT_STEPS = {
 FALLBACK_STEPS = 100_000
 
 # Suites: environment -> budget. `quick` is the smoke test that every change should pass in a couple of
-# minutes, so its budgets are short: enough to exercise warm-up, learning, evaluation and logging.
+# minutes, so its budgets are short, yet long enough for every agent to learn: SAC's warm-up is 1000 steps,
+# PPO's rollout 2048, so 5000 steps give both several updates.
 SUITES = {
-    "quick": {"Pendulum-v1": 2_000, "LunarLanderContinuous-v3": 2_000},
+    "quick": {"Pendulum-v1": 5_000, "LunarLanderContinuous-v3": 5_000},
     "classic": {name: DEFAULT_STEPS[name] for name in ("Pendulum-v1", "MountainCarContinuous-v0")},
     "box2d": {name: DEFAULT_STEPS[name] for name in ("LunarLanderContinuous-v3", "BipedalWalker-v3")},
     "mujoco": {name: DEFAULT_STEPS[name] for name in ("HalfCheetah-v5", "Hopper-v5", "Walker2d-v5", "Ant-v5",

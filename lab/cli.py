@@ -79,13 +79,16 @@ def resolve_device(text: str) -> str:
         raise UsageError(f"unknown device '{text}'; valid: cpu, cuda, cuda:N, auto")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UsageError(f"device '{text}' asked for, but this machine has no CUDA device; use --device cpu or auto")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise UsageError(f"device '{text}' asked for, but this machine has {torch.cuda.device_count()} CUDA "
+                         f"device(s): cuda:0 .. cuda:{torch.cuda.device_count() - 1}")
     return text
 
 
-def plan_runs(args, runs_root: Path = RUNS) -> tuple[Path, list[RunSpec], dict]:
+def plan_runs(args, parser, runs_root: Path = RUNS) -> tuple[Path, list[RunSpec], dict]:
     """Validate every option and build the runs, before anything is written; returns (run dir, specs, config)."""
     if args.resume:
-        return resume_plan(args, runs_root)
+        return resume_plan(args, parser, runs_root)
     device = resolve_device(args.device)
     budgets = resolve_envs(args.envs)
     settings = {agent: resolve_hyperparameters(agent, args.set) for agent in dict.fromkeys(args.agent)}
@@ -124,15 +127,32 @@ def specs_from_config(run_root: Path, config: dict, resume: bool) -> list[RunSpe
     return specs
 
 
-def resume_plan(args, runs_root: Path) -> tuple[Path, list[RunSpec], dict]:
+# Options that define the runs: a resumed run keeps those it was started with.
+RUN_OPTIONS = ("agent", "envs", "seeds", "steps", "device", "set", "name", "log", "log_every", "eval_every",
+               "eval_episodes", "checkpoint_every")
+
+
+def resume_plan(args, parser, runs_root: Path) -> tuple[Path, list[RunSpec], dict]:
+    given = [f"--{key.replace('_', '-')}" for key in RUN_OPTIONS if getattr(args, key) != parser.get_default(key)]
+    if given:
+        raise UsageError(f"--resume continues a run with the options it was started with; drop {', '.join(given)}")
     run_root = Path(args.resume)
     if not run_root.is_dir():
         run_root = runs_root / args.resume
     config_path = run_root / CONFIG
     if not config_path.exists():
         raise UsageError(f"cannot resume '{args.resume}': no {CONFIG} in {run_root} (is it a run directory?)")
-    config = json.loads(config_path.read_text())
-    return run_root, specs_from_config(run_root, config, resume=True), config
+    try:
+        config = json.loads(config_path.read_text())
+        resolve_device(config["device"])
+        for agent, settings in config["settings"].items():
+            resolve_hyperparameters(agent, settings)
+        specs = specs_from_config(run_root, config, resume=True)
+    except (ValueError, KeyError, TypeError) as error:
+        if isinstance(error, UsageError):
+            raise UsageError(f"cannot resume '{args.resume}': {error}") from None
+        raise UsageError(f"cannot resume '{args.resume}': {config_path} is damaged ({error!r})") from None
+    return run_root, specs, config
 
 
 def listing() -> str:

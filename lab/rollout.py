@@ -23,7 +23,7 @@ import torch
 from agents import agent_module, make_agent, split_preset
 from envs import make_env
 
-EVAL_SEED_OFFSET = 1_000_003  # evaluation episodes use seeds disjoint from training ones
+EVAL_SEED_OFFSET = 1_000_003  # evaluation episodes use seeds disjoint from training ones (and across runs)
 CHECKPOINT = "checkpoint.pt"
 RESULT = "result.json"
 
@@ -101,6 +101,9 @@ def train(spec: RunSpec, on_eval: Callable[[int, float], bool] | None = None) ->
     state = {"step": 0, "episodes": [], "evaluations": [], "wall_s": 0.0}
     checkpoint_path = run_dir / CHECKPOINT if run_dir else None
     resumed = spec.resume and checkpoint_path is not None and checkpoint_path.exists()
+    if spec.resume and not resumed and run_dir is not None:
+        for stale in run_dir.glob("events.out.tfevents.*"):  # from an attempt that never reached a checkpoint
+            stale.unlink()
     if resumed:
         checkpoint = torch.load(checkpoint_path, map_location=device, weights_only=False)
         agent.load_state_dict(checkpoint["agent"])
@@ -109,12 +112,13 @@ def train(spec: RunSpec, on_eval: Callable[[int, float], bool] | None = None) ->
             sub_env.unwrapped.np_random.bit_generator.state = rng
         obs, _ = envs.reset()  # the reset the checkpoint was taken just before
     else:
-        obs, _ = envs.reset(seed=spec.seed)
+        obs, _ = envs.reset(seed=spec.seed * spec.num_envs)  # sub-env i gets seed + i: no two runs share one
 
     writer = None
     if spec.log and run_dir is not None:
         from torch.utils.tensorboard import SummaryWriter
-        writer = SummaryWriter(str(run_dir), purge_step=state["step"] if resumed else None)
+        # Events after the checkpoint's step came from the interrupted attempt; those at it were logged first.
+        writer = SummaryWriter(str(run_dir), purge_step=state["step"] + 1 if resumed else None)
         if not resumed:
             writer.add_text("hyperparameters", hyperparameter_table(spec, agent.h.as_dict()))
 
@@ -131,7 +135,7 @@ def train(spec: RunSpec, on_eval: Callable[[int, float], bool] | None = None) ->
     stopped_at = None
     started, step_at_start = time.perf_counter(), step
     obs_t = to_device(obs)
-    metrics = None
+    metrics = None  # the latest update's, until they are logged
     try:
         while step < spec.steps:
             action = agent.act(obs_t)
@@ -150,17 +154,21 @@ def train(spec: RunSpec, on_eval: Callable[[int, float], bool] | None = None) ->
                     writer.add_scalar("charts/episodic_length", episode_length[index], step)
             episode_return[done], episode_length[done] = 0.0, 0
 
-            if metrics is not None and (step % spec.log_every < spec.num_envs or step >= spec.steps):
-                values = {key: float(value) for key, value in metrics.items()}
-                check_finite(values, step, spec)
+            if step % spec.log_every < spec.num_envs or step >= spec.steps:
+                if metrics is not None:
+                    values = {key: float(value) for key, value in metrics.items()}  # the only host reads
+                    check_finite(values, step, spec)
+                    metrics = None
+                    if writer:
+                        for key, value in values.items():
+                            writer.add_scalar(f"agent/{key}", value, step)
                 if writer:
-                    for key, value in values.items():
-                        writer.add_scalar(f"agent/{key}", value, step)
-                    writer.add_scalar("charts/sps", (step - step_at_start) / (time.perf_counter() - started
-                                                                              + 1e-9), step)
+                    writer.add_scalar("charts/sps", (step - step_at_start) / (time.perf_counter() - started + 1e-9),
+                                      step)
             if step >= next_eval or step >= spec.steps:
                 next_eval += eval_every
-                mean_return = evaluate(agent, eval_env, spec.eval_episodes, EVAL_SEED_OFFSET + spec.seed, device)
+                eval_seed = EVAL_SEED_OFFSET + spec.seed * spec.eval_episodes
+                mean_return = evaluate(agent, eval_env, spec.eval_episodes, eval_seed, device)
                 state["evaluations"].append((step, mean_return))
                 if writer:
                     writer.add_scalar("eval/return", mean_return, step)
@@ -209,6 +217,8 @@ def train(spec: RunSpec, on_eval: Callable[[int, float], bool] | None = None) ->
         writer.close()
     if run_dir is not None:
         write_json(run_dir / RESULT, record)
+        if stopped_at is None and checkpoint_path.exists():  # a finished run needs none, and it can be large
+            checkpoint_path.unlink()
     return record
 
 

@@ -68,18 +68,23 @@ BAD_INPUTS = [
     (["--set", "q_lr"], "--set expects key=value, got 'q_lr'"),
     (["--seeds", "0"], "expected a positive integer, got 0"),
     (["--steps", "-5"], "expected a positive integer, got -5"),
-    (["--workers", "0"], "--workers expects a positive integer, got 0"),
+    (["--workers", "0"], "argument --workers: expected a positive integer, got 0"),
     (["--eval-episodes", "many"], "expected a positive integer, got 'many'"),
     (["--device", "tpu"], "unknown device 'tpu'"),
     (["--resume", "no-such-run"], "cannot resume 'no-such-run'"),
     (["--agent", "sac_baseline", "--envs", "CartPole-v1"], "sac_baseline needs a continuous (Box) action space"),
     (["--frobnicate"], "unrecognized arguments: --frobnicate"),
+    (["--set", "autotune=maybe"], "hyperparameter autotune of sac_baseline expects a bool, got 'maybe'"),
+    (["--log-every", "0"], "expected a positive integer, got 0"),
+    (["--name", "a/b"], "--name must be a plain directory name, got 'a/b'"),
+    (["--agent", "sac_baseline:turbo"], "unknown preset 'turbo' of sac_baseline"),
 ]
 
 
 @pytest.mark.parametrize("args,message", BAD_INPUTS, ids=[" ".join(a) for a, _ in BAD_INPUTS])
 def test_bad_input_is_one_line_exit_2_and_leaves_nothing(tmp_path, args, message):
-    result = learn_simple(tmp_path, "--agent", "sac_baseline", *args, timeout=120)
+    agent = [] if "--resume" in args else ["--agent", "sac_baseline"]
+    result = learn_simple(tmp_path, *agent, *args, timeout=120)
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], result.stderr
@@ -112,8 +117,8 @@ def test_ctrl_c_stops_every_worker_keeps_logs_readable_and_resume_finishes(tmp_p
     run = tmp_path / "runs" / "stop"
     results = json.loads((run / "results.json").read_text())
     assert results["interrupted"] and not results["records"]
-    for seed in (0, 1):
-        seed_dir = run / "sac_baseline" / "Pendulum-v1" / f"seed_{seed}"
+    seed_dirs = [run / "sac_baseline" / "Pendulum-v1" / f"seed_{seed}" for seed in (0, 1)]
+    for seed_dir in seed_dirs:
         events = EventAccumulator(str(seed_dir))
         events.Reload()
         assert len(events.Scalars("eval/return")) >= 2
@@ -124,3 +129,13 @@ def test_ctrl_c_stops_every_worker_keeps_logs_readable_and_resume_finishes(tmp_p
     results = json.loads((run / "results.json").read_text())
     assert sorted(r["seed"] for r in results["records"]) == [0, 1]
     assert all(r["steps"] == 3000 for r in results["records"])
+    for seed_dir in seed_dirs:  # continued from the checkpoint: every evaluation once, none repeated or lost
+        events = EventAccumulator(str(seed_dir))
+        events.Reload()
+        assert [e.step for e in events.Scalars("eval/return")] == list(range(200, 3001, 200))
+        assert not (seed_dir / "checkpoint.pt").exists()  # finished runs drop theirs
+
+    again = learn_simple(tmp_path, "--resume", "stop")
+    assert again.returncode == 0 and "0 runs (2 already finished)" in again.stdout
+    mixed = learn_simple(tmp_path, "--resume", "stop", "--steps", "100")
+    assert mixed.returncode == 2 and "drop --steps" in mixed.stderr
