@@ -11,6 +11,7 @@ Each agent is one module in this package that defines
     action = agent.act(obs, explore=True)     # obs [num_envs, *obs_shape] -> actions within the bounds
     agent.observe(next_obs, reward, terminated, truncated)   # the outcome of the last act(explore=True)
     metrics = agent.update()                  # learns if it is time to; a dict of 0-d tensors, or None
+    agent.diagnostics()                       # costlier health figures (dormant neurons...), for logging steps
     state = agent.state_dict(); agent.load_state_dict(state)  # everything needed to resume exactly
 
 `next_obs` given to `observe` is the true observation that followed the action, also when the episode
@@ -27,7 +28,7 @@ import typing
 
 from lab import UsageError
 
-AGENTS = ("sac_baseline", "ppo_baseline")
+AGENTS = ("sac_baseline", "ppo_baseline", "crossq")
 
 
 def closest(name: str, choices) -> str:

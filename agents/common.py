@@ -8,6 +8,7 @@ from typing import ClassVar
 
 import numpy as np
 import torch
+from torch import nn
 
 from lab import UsageError
 
@@ -83,6 +84,12 @@ class ReplayBuffer:
         index = torch.randint(self.size, (batch_size,), device=self.device, generator=generator)
         return self.obs[index], self.actions[index], self.rewards[index], self.next_obs[index], self.terminated[index]
 
+    def recent(self, n: int):
+        """(obs, actions) of the latest min(n, size) transitions: fixed states for diagnostics, no RNG drawn."""
+        n = min(n, self.size)
+        index = (self.position - n + torch.arange(n, device=self.device)) % self.capacity
+        return self.obs[index], self.actions[index]
+
     def state_dict(self) -> dict:
         filled = slice(0, self.size)
         return {"obs": self.obs[filled].clone(), "actions": self.actions[filled].clone(),
@@ -119,8 +126,163 @@ def tanh_gaussian(mean, log_std, noise, scale, bias):
 
     log pi(a) = log N(u; mean, std) - sum_i log(scale_i * (1 - tanh(u_i)^2))   (SAC paper, appendix C)
     with log(1 - tanh(u)^2) = 2 (log 2 - u - softplus(-2u)), which stays finite where tanh(u) rounds to +-1.
+    Constant terms are summed once, outside the per-element work.
     """
-    u = mean + log_std.exp() * noise
-    log_prob = (-0.5 * noise.pow(2) - log_std - LOG_SQRT_2PI).sum(-1)
-    log_prob = log_prob - (2 * (LOG_2 - u - torch.nn.functional.softplus(-2 * u)) + scale.log()).sum(-1)
-    return torch.tanh(u) * scale + bias, log_prob
+    u = torch.addcmul(mean, log_std.exp(), noise)
+    per_element = 2 * (u + torch.nn.functional.softplus(-2 * u)) - 0.5 * noise.square() - log_std
+    constant = mean.shape[-1] * (LOG_SQRT_2PI + 2 * LOG_2) + scale.log().sum()
+    return torch.tanh(u) * scale + bias, per_element.sum(-1) - constant
+
+
+class BatchRenorm(nn.Module):
+    """Batch Renormalization (Ioffe 2017, https://arxiv.org/abs/1702.03275), as CrossQ uses it.
+
+    Training mode normalises with the batch statistics, corrected towards the running ones:
+        x_hat = (x - mu_B) / sigma_B * r + d,  r = clip(sigma_B / sigma, 1/r_max, r_max),
+                                               d = clip((mu_B - mu) / sigma, -d_max, d_max)
+    with r and d constants to the gradient. For the first `warmup_steps` training passes r = 1 and d = 0: plain
+    BatchNorm, while the running statistics are still poor. Evaluation mode uses the running statistics only.
+    The running statistics follow the biased batch variance with rate `momentum`, as SBX's.
+    """
+
+    def __init__(self, features: int, momentum: float = 0.01, eps: float = 1e-3, warmup_steps: int = 100_000,
+                 r_max: float = 3.0, d_max: float = 5.0):
+        super().__init__()
+        self.momentum, self.eps, self.warmup_steps, self.r_max, self.d_max = momentum, eps, warmup_steps, r_max, d_max
+        self.weight = nn.Parameter(torch.ones(features))
+        self.bias = nn.Parameter(torch.zeros(features))
+        self.register_buffer("running_mean", torch.zeros(features))
+        self.register_buffer("running_var", torch.ones(features))
+        self.register_buffer("steps", torch.zeros((), dtype=torch.long))  # a tensor: counting never syncs
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training:
+            return (x - self.running_mean) * (self.running_var + self.eps).rsqrt() * self.weight + self.bias
+        batch_var, batch_mean = torch.var_mean(x, dim=0, correction=0)
+        batch_std = (batch_var + self.eps).sqrt()
+        with torch.no_grad():
+            running_std = (self.running_var + self.eps).sqrt()
+            renorming = self.steps >= self.warmup_steps
+            r = torch.where(renorming, (batch_std / running_std).clamp(1 / self.r_max, self.r_max), 1.0)
+            d = torch.where(renorming, ((batch_mean - self.running_mean) / running_std).clamp(-self.d_max,
+                                                                                                self.d_max), 0.0)
+            self.running_mean.lerp_(batch_mean, self.momentum)
+            self.running_var.lerp_(batch_var, self.momentum)
+            self.steps += 1
+        return ((x - batch_mean) / batch_std * r + d) * self.weight + self.bias
+
+
+def plasticity(network: nn.Sequential, x: torch.Tensor, tau: float = 0.025) -> dict[str, torch.Tensor]:
+    """Diagnostics of lost plasticity, on a batch x: the dormant-neuron ratio (Sokar et al. 2023,
+    https://arxiv.org/abs/2302.12902: the share of hidden units whose mean |activation|, divided by the layer's
+    average, is at most tau) and the mean weight magnitude of the network's linear layers."""
+    dormant, units = 0, 0
+    with torch.no_grad():
+        for module in network:
+            x = module(x)
+            if isinstance(module, (nn.ReLU, nn.Tanh)):
+                activity = x.abs().mean(0)
+                dormant = dormant + (activity <= tau * activity.mean()).sum()
+                units += activity.numel()
+        weights = [m.weight.abs().mean() for m in network if isinstance(m, nn.Linear)]
+    return {"dormant_ratio": dormant / max(units, 1), "weight_magnitude": torch.stack(weights).mean()}
+
+
+class OffPolicyAgent:
+    """What every replay-based agent here shares, so that each agent file holds its algorithm and nothing else:
+    checks and seeding, the action bounds, the replay buffer, a uniform-random warm-up, acting with a
+    tanh-squashed Gaussian actor (`self.actor(obs) -> (mean, log_std)`), the replay-ratio schedule, plasticity
+    diagnostics of the first critic, and checkpoints of everything named in `self.checkpointed`.
+
+    A subclass's __init__ calls `setup`, builds its networks and optimisers, lists them in `self.checkpointed`,
+    and defines `gradient_step()`. Its Hyperparameters need buffer_size, batch_size, learning_starts and
+    replay_ratio.
+    """
+
+    name = "agent"  # for error messages
+
+    def setup(self, h, observation_space, action_space, num_envs, device, seed, total_steps):
+        h.check()
+        if not hasattr(action_space, "low"):
+            raise UsageError(f"{self.name} needs a continuous (Box) action space, got {action_space}")
+        self.h, self.device, self.num_envs = h, torch.device(device), num_envs
+        obs_shape = observation_shape(observation_space)
+        self.obs_dim, self.action_dim = obs_shape[0], int(math.prod(action_space.shape))
+        low, high = action_bounds(action_space, self.device)
+        self.action_scale, self.action_bias = (high - low) / 2, (high + low) / 2
+        torch.manual_seed(seed)  # network initialisation; everything else draws from the agent's generator
+        self.generator = make_generator(seed, self.device)
+        self.buffer = ReplayBuffer(max(1, min(h.buffer_size, total_steps)), obs_shape, (self.action_dim,),
+                                   self.device)
+        self.transitions = 0  # environment transitions observed
+        self.update_credit = 0.0  # gradient updates owed under replay_ratio, carried over between calls
+        self.last_obs = self.last_action = None
+        self.checkpointed: dict = {}
+
+    def act(self, obs: torch.Tensor, explore: bool = True) -> torch.Tensor:
+        with torch.inference_mode():
+            if explore and self.transitions < self.h.learning_starts:
+                uniform = torch.rand((obs.shape[0], self.action_dim), device=self.device, generator=self.generator)
+                action = self.action_bias + self.action_scale * (2 * uniform - 1)
+            else:
+                action = self.policy(obs, explore)
+        if explore:
+            self.last_obs, self.last_action = obs, action
+        return action
+
+    def policy(self, obs: torch.Tensor, explore: bool) -> torch.Tensor:
+        """The tanh-squashed Gaussian's sample (explore) or mean, without the log-probability (unneeded here)."""
+        mean, log_std = self.actor(obs)
+        if explore:
+            noise = torch.randn(mean.shape, device=self.device, generator=self.generator)
+            mean = torch.addcmul(mean, log_std.exp(), noise)
+        return torch.tanh(mean) * self.action_scale + self.action_bias
+
+    def observe(self, next_obs, reward, terminated, truncated) -> None:
+        # Only `terminated` reaches the buffer: a truncated step still bootstraps from next_obs.
+        self.buffer.add(self.last_obs, self.last_action, reward, next_obs, terminated)
+        self.transitions += next_obs.shape[0]
+
+    def update(self) -> dict[str, torch.Tensor] | None:
+        if self.transitions < self.h.learning_starts:
+            return None
+        self.update_credit += self.h.replay_ratio * self.num_envs
+        metrics = None
+        while self.update_credit >= 1:
+            self.update_credit -= 1
+            metrics = self.gradient_step()
+        return metrics
+
+    def diagnostics(self) -> dict[str, torch.Tensor]:
+        obs, actions = self.buffer.recent(self.h.batch_size)
+        return plasticity(self.critic.qfs[0], torch.cat([obs, actions], dim=-1))
+
+    COUNTERS = ("transitions", "update_credit", "critic_updates")
+
+    def state_dict(self) -> dict:
+        state = {name: item.detach().clone() if isinstance(item, torch.Tensor) else item.state_dict()
+                 for name, item in self.checkpointed.items()}
+        return {**state, "buffer": self.buffer.state_dict(), "rng": rng_state(self.generator),
+                **{name: getattr(self, name) for name in self.COUNTERS}}
+
+    def load_state_dict(self, state: dict) -> None:
+        for name, item in self.checkpointed.items():
+            if isinstance(item, torch.Tensor):
+                with torch.no_grad():
+                    item.copy_(state[name])
+            else:
+                item.load_state_dict(state[name])
+        self.buffer.load_state_dict(state["buffer"])
+        load_rng_state(self.generator, state["rng"])
+        for name in self.COUNTERS:
+            setattr(self, name, state[name])
+
+
+def temperature(h, action_dim: int, device) -> tuple[torch.Tensor, float]:
+    """SAC's entropy temperature as log(alpha), learnable from alpha = 1 when h.autotune (as CleanRL), and the
+    target entropy -h.target_entropy_scale * |A|."""
+    if h.autotune:
+        log_alpha = torch.zeros((), device=device, requires_grad=True)
+    else:  # a fixed temperature; 0 turns the entropy bonus off
+        log_alpha = torch.tensor(math.log(h.alpha) if h.alpha > 0 else -math.inf, device=device)
+    return log_alpha, -h.target_entropy_scale * action_dim

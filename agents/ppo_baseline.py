@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from agents.common import (LOG_SQRT_2PI, HyperparametersBase, action_bounds, load_rng_state, make_generator,
-                           observation_shape, rng_state)
+                           observation_shape, plasticity, rng_state)
 from lab import UsageError
 
 
@@ -311,6 +311,10 @@ class Agent:
             advantage = delta + decay * advantage
             advantages.append(advantage)
         return torch.stack(advantages[::-1])
+
+    def diagnostics(self) -> dict[str, torch.Tensor]:
+        """Plasticity of the value network, on the observations of the latest rollout."""
+        return plasticity(self.network.critic, self.rollout["obs"].flatten(0, 1))
 
     def state_dict(self) -> dict:
         """A snapshot (copied, so the agent may go on) of everything a resumed run needs to continue exactly."""

@@ -1,8 +1,13 @@
-"""Soft Actor-Critic, as in CleanRL's `sac_continuous_action.py`.
+"""Soft Actor-Critic, as in CleanRL's `sac_continuous_action.py`, and its DroQ variant (preset `droq`).
 
 Papers: Haarnoja et al. 2018, "Soft Actor-Critic" (https://arxiv.org/abs/1801.01290) and "Soft Actor-Critic
-Algorithms and Applications" (automatic entropy tuning, https://arxiv.org/abs/1812.05905).
+Algorithms and Applications" (automatic entropy tuning, https://arxiv.org/abs/1812.05905); Hiraoka et al. 2022,
+"Dropout Q-Functions for Doubly Efficient Reinforcement Learning" (DroQ, https://arxiv.org/abs/2110.02034).
 Reference code: https://github.com/vwxyzjn/cleanrl/blob/master/cleanrl/sac_continuous_action.py
+
+DroQ is SAC with dropout and LayerNorm in the Q functions (Linear -> Dropout -> LayerNorm -> ReLU), which lets
+a high replay ratio (20 critic updates per transition) learn fast without the ensemble REDQ needs; its actor is
+updated once per 20 critic updates. `sac_baseline:droq` sets exactly those hyperparameters.
 
 Same algorithm and hyperparameter names as CleanRL; what differs is for speed or for the lab's interface:
 - the critics' weights are frozen during the actor's backward pass, so it computes no critic weight grads;
@@ -15,14 +20,11 @@ Same algorithm and hyperparameter names as CleanRL; what differs is for speed or
 from __future__ import annotations
 
 import dataclasses
-import math
 
 import torch
 from torch import nn
 
-from agents.common import (HyperparametersBase, ReplayBuffer, action_bounds, load_rng_state,
-                           make_generator, observation_shape, rng_state, tanh_gaussian)
-from lab import UsageError
+from agents.common import HyperparametersBase, OffPolicyAgent, tanh_gaussian, temperature
 
 
 @dataclasses.dataclass
@@ -34,7 +36,8 @@ class Hyperparameters(HyperparametersBase):
     learning_starts: int = 1_000  # uniform-random actions and no updates before this many transitions
     policy_lr: float = 3e-4  # Adam learning rate of the actor
     q_lr: float = 1e-3  # Adam learning rate of the critics (and of the temperature, as in CleanRL)
-    policy_frequency: int = 2  # actor update every this many critic updates, done this many times (TD3-style)
+    policy_frequency: int = 2  # the actor's turn comes every this many critic updates (TD3-style delay)
+    policy_catch_up: bool = True  # at its turn the actor takes policy_frequency steps (CleanRL), else one
     target_network_frequency: int = 1  # Polyak update of the target critics every this many critic updates
     alpha: float = 0.2  # entropy temperature when autotune is off (autotune starts from 1, as CleanRL)
     autotune: bool = True  # learn the temperature towards the target entropy
@@ -42,13 +45,18 @@ class Hyperparameters(HyperparametersBase):
     replay_ratio: float = 1.0  # gradient updates per environment transition
     hidden_size: int = 256  # width of the two hidden layers of actor and critics
     n_critics: int = 2  # Q functions in the ensemble; targets use their minimum (clipped double Q)
+    dropout: float = 0.0  # dropout rate after each hidden layer of the critics (DroQ: 0.01)
+    layer_norm: bool = False  # LayerNorm after each hidden layer of the critics, before the ReLU (DroQ)
 
     positive = ("buffer_size", "batch_size", "policy_lr", "q_lr", "policy_frequency",
                 "target_network_frequency", "replay_ratio", "hidden_size", "n_critics")
-    unit_interval = ("gamma", "tau")
+    unit_interval = ("gamma", "tau", "dropout")
 
 
-PRESETS: dict[str, dict] = {}
+PRESETS: dict[str, dict] = {
+    "droq": {"dropout": 0.01, "layer_norm": True, "replay_ratio": 20.0, "policy_frequency": 20,
+             "policy_catch_up": False},
+}
 
 LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0
 
@@ -71,91 +79,53 @@ class Actor(nn.Module):
 class Critics(nn.Module):
     """An ensemble of `n` Q functions: (obs [B, o], action [B, a]) -> Q values [n, B].
 
-    Separate MLPs rather than one batched matmul per layer: on CPU, PyTorch's bmm backward is slower than mm.
+    Separate MLPs rather than one batched matmul per layer: on a CPU that is as fast, and simpler. Dropout is
+    active whenever the module is in training mode, which it always is: DroQ drops units in targets too.
     """
 
-    def __init__(self, n: int, obs_dim: int, action_dim: int, hidden: int):
+    def __init__(self, h: Hyperparameters, obs_dim: int, action_dim: int):
         super().__init__()
+
+        def hidden_layer(in_dim):
+            return [nn.Linear(in_dim, h.hidden_size), *([nn.Dropout(h.dropout)] if h.dropout > 0 else []),
+                    *([nn.LayerNorm(h.hidden_size)] if h.layer_norm else []), nn.ReLU(inplace=True)]
+
         self.qfs = nn.ModuleList([
-            nn.Sequential(nn.Linear(obs_dim + action_dim, hidden), nn.ReLU(inplace=True),
-                          nn.Linear(hidden, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, 1))
-            for _ in range(n)])
+            nn.Sequential(*hidden_layer(obs_dim + action_dim), *hidden_layer(h.hidden_size),
+                          nn.Linear(h.hidden_size, 1))
+            for _ in range(h.n_critics)])
 
     def forward(self, obs, action):
         x = torch.cat([obs, action], dim=-1)  # [B, o + a]
         return torch.stack([qf(x).squeeze(-1) for qf in self.qfs])  # [n, B]
 
 
-class Agent:
+class Agent(OffPolicyAgent):
+    name = "sac_baseline"
+
     def __init__(self, observation_space, action_space, num_envs=1, device="cpu", seed=0, total_steps=100_000,
                  **overrides):
-        self.h = h = Hyperparameters(**overrides)
-        h.check()
-        if not hasattr(action_space, "low"):
-            raise UsageError(f"sac_baseline needs a continuous (Box) action space, got {action_space}")
-        self.device, self.num_envs = torch.device(device), num_envs
-        obs_shape, action_dim = observation_shape(observation_space), int(math.prod(action_space.shape))
-        low, high = action_bounds(action_space, self.device)
-        self.action_scale, self.action_bias = (high - low) / 2, (high + low) / 2
-
-        torch.manual_seed(seed)
-        self.generator = make_generator(seed, self.device)
-        self.actor = Actor(obs_shape[0], action_dim, h.hidden_size).to(self.device)
-        self.critic = Critics(h.n_critics, obs_shape[0], action_dim, h.hidden_size).to(self.device)
-        self.critic_target = Critics(h.n_critics, obs_shape[0], action_dim, h.hidden_size).to(self.device)
+        self.setup(Hyperparameters(**overrides), observation_space, action_space, num_envs, device, seed,
+                   total_steps)
+        h = self.h
+        self.actor = Actor(self.obs_dim, self.action_dim, h.hidden_size).to(self.device)
+        self.critic = Critics(h, self.obs_dim, self.action_dim).to(self.device)
+        self.critic_target = Critics(h, self.obs_dim, self.action_dim).to(self.device)
         self.critic_target.load_state_dict(self.critic.state_dict())
         self.critic_target.requires_grad_(False)
-        if h.autotune:
-            self.log_alpha = torch.zeros((), device=self.device, requires_grad=True)
-        else:  # a fixed temperature; 0 turns the entropy bonus off
-            self.log_alpha = torch.tensor(math.log(h.alpha) if h.alpha > 0 else -math.inf, device=self.device)
-        self.target_entropy = -h.target_entropy_scale * action_dim
+        self.polyak_pairs = list(self.critic_target.parameters()), list(self.critic.parameters())
+        self.log_alpha, self.target_entropy = temperature(h, self.action_dim, self.device)
         fused = self.device.type in ("cpu", "cuda")
         self.q_optimizer = torch.optim.Adam(self.critic.parameters(), lr=h.q_lr, fused=fused)
         actor_groups = [{"params": self.actor.parameters(), "lr": h.policy_lr}]
         if h.autotune:
             actor_groups.append({"params": [self.log_alpha], "lr": h.q_lr})
         self.actor_optimizer = torch.optim.Adam(actor_groups, fused=fused)
-
-        capacity = max(1, min(h.buffer_size, total_steps))
-        self.buffer = ReplayBuffer(capacity, obs_shape, (action_dim,), self.device)
-        self.transitions = 0  # environment transitions observed
         self.critic_updates = 0
-        self.update_credit = 0.0  # gradient updates owed under replay_ratio, carried over between calls
-        self.last_obs = self.last_action = None
         self.actor_metrics: dict[str, torch.Tensor] = {}
-
-    def act(self, obs: torch.Tensor, explore: bool = True) -> torch.Tensor:
-        with torch.inference_mode():
-            if explore and self.transitions < self.h.learning_starts:
-                uniform = torch.rand((obs.shape[0], self.action_scale.shape[0]), device=self.device,
-                                     generator=self.generator)
-                action = self.action_bias + self.action_scale * (2 * uniform - 1)
-            else:
-                mean, log_std = self.actor(obs)
-                pre_tanh = mean
-                if explore:  # a sample, without the log-probability that only the update needs
-                    noise = torch.randn(mean.shape, device=self.device, generator=self.generator)
-                    pre_tanh = torch.addcmul(mean, log_std.exp(), noise)
-                action = torch.tanh(pre_tanh) * self.action_scale + self.action_bias
-        if explore:
-            self.last_obs, self.last_action = obs, action
-        return action
-
-    def observe(self, next_obs, reward, terminated, truncated) -> None:
-        # Only `terminated` reaches the buffer: a truncated step still bootstraps from next_obs.
-        self.buffer.add(self.last_obs, self.last_action, reward, next_obs, terminated)
-        self.transitions += next_obs.shape[0]
-
-    def update(self) -> dict[str, torch.Tensor] | None:
-        if self.transitions < self.h.learning_starts:
-            return None
-        self.update_credit += self.h.replay_ratio * self.num_envs
-        metrics = None
-        while self.update_credit >= 1:
-            self.update_credit -= 1
-            metrics = self.gradient_step()
-        return metrics
+        self.checkpointed = {"actor": self.actor, "critic": self.critic, "critic_target": self.critic_target,
+                             "log_alpha": self.log_alpha, "q_optimizer": self.q_optimizer,
+                             "actor_optimizer": self.actor_optimizer}
 
     def gradient_step(self) -> dict[str, torch.Tensor]:
         """One critic update, and the actor/temperature and target updates when their turn comes.
@@ -183,12 +153,12 @@ class Agent:
         self.critic_updates += 1
 
         if self.critic_updates % h.policy_frequency == 0:
-            # TD3-style delay: as many actor updates as were skipped, so actor and critic stay in step.
-            for _ in range(h.policy_frequency):
+            # CleanRL catches up on the skipped actor updates; DroQ (like REDQ) updates the actor just once.
+            for _ in range(h.policy_frequency if h.policy_catch_up else 1):
                 self.actor_metrics = self.actor_step(obs)
         if self.critic_updates % h.target_network_frequency == 0:
             with torch.no_grad():  # Polyak: target <- (1 - tau) * target + tau * online, all tensors in one call
-                torch._foreach_lerp_(list(self.critic_target.parameters()), list(self.critic.parameters()), h.tau)
+                torch._foreach_lerp_(self.polyak_pairs[0], self.polyak_pairs[1], h.tau)
         return {"qf_loss": qf_loss.detach(), "q_mean": q.detach().mean(), **self.actor_metrics}
 
     def actor_step(self, obs) -> dict[str, torch.Tensor]:
@@ -208,24 +178,3 @@ class Agent:
         self.critic.requires_grad_(True)
         self.actor_optimizer.step()
         return {"actor_loss": actor_loss.detach(), "alpha": alpha.detach(), "entropy": -log_pi.detach().mean()}
-
-    def state_dict(self) -> dict:
-        return {"actor": self.actor.state_dict(), "critic": self.critic.state_dict(),
-                "critic_target": self.critic_target.state_dict(), "log_alpha": self.log_alpha.detach().clone(),
-                "q_optimizer": self.q_optimizer.state_dict(), "actor_optimizer": self.actor_optimizer.state_dict(),
-                "buffer": self.buffer.state_dict(), "transitions": self.transitions,
-                "critic_updates": self.critic_updates, "update_credit": self.update_credit,
-                "rng": rng_state(self.generator)}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.actor.load_state_dict(state["actor"])
-        self.critic.load_state_dict(state["critic"])
-        self.critic_target.load_state_dict(state["critic_target"])
-        with torch.no_grad():
-            self.log_alpha.copy_(state["log_alpha"])
-        self.q_optimizer.load_state_dict(state["q_optimizer"])
-        self.actor_optimizer.load_state_dict(state["actor_optimizer"])
-        self.buffer.load_state_dict(state["buffer"])
-        self.transitions, self.critic_updates = state["transitions"], state["critic_updates"]
-        self.update_credit = state["update_credit"]
-        load_rng_state(self.generator, state["rng"])

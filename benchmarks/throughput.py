@@ -1,4 +1,4 @@
-"""Environment steps per second with updates, for the lab's agents and, when installed, Stable-Baselines3's.
+"""Environment steps per second with updates, for the lab's agents and, when installed, their peers'.
 
     python benchmarks/throughput.py                  # all contenders, 3 interleaved repeats
     python benchmarks/throughput.py --only sac --repeats 1
@@ -7,7 +7,7 @@ Each measurement is a fresh process pinned to one core with one torch thread (as
 and the repeats of all contenders are interleaved so that drifts in machine load hit them alike. Settings
 mirror each other (see CONTENDERS). SAC is timed from the end of its warm-up (step 1000) to step 6000, PPO over
 its whole 20480 steps. `--scaling` also times one learn_simple-style worker alone against two at once on two
-cores. Stable-Baselines3 is not a dependency of the lab: `pip install stable-baselines3` to include it.
+cores. The peers are no dependencies of the lab: `pip install stable-baselines3 sbx-rl` to include them.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 ENV = "HalfCheetah-v5"
-SAC_WARMUP, SAC_STEPS, PPO_STEPS = 1000, 6000, 20480
+SAC_WARMUP, SAC_STEPS, PPO_STEPS, CROSSQ_STEPS = 1000, 6000, 20480, 4000
 # The lab's PPO with SB3's defaults: no normalisation wrappers, no value clipping.
 PPO_AS_SB3 = {"norm_obs": False, "norm_reward": False, "clip_vloss": False}
 
@@ -59,6 +59,12 @@ def lab_sac(seed: int) -> float:
                          (SAC_WARMUP, SAC_STEPS))
 
 
+def lab_crossq(seed: int) -> float:
+    return timed_lab_run({"agent": "crossq", "env": ENV, "seed": seed, "steps": CROSSQ_STEPS,
+                          "eval_every": SAC_WARMUP, "settings": {"learning_starts": SAC_WARMUP}},
+                         (SAC_WARMUP, CROSSQ_STEPS))
+
+
 def lab_ppo(seed: int) -> float:
     return timed_lab_run({"agent": "ppo_baseline", "env": ENV, "seed": seed, "steps": PPO_STEPS,
                           "settings": PPO_AS_SB3}, (0, PPO_STEPS))
@@ -82,6 +88,23 @@ def sb3_sac(seed: int) -> float:
     return (SAC_STEPS - SAC_WARMUP) / (marks[SAC_STEPS] - marks[SAC_WARMUP])
 
 
+def sbx_crossq(seed: int) -> float:
+    import gymnasium as gym
+    from sbx import CrossQ
+    from stable_baselines3.common.callbacks import BaseCallback
+    marks = {}
+
+    class Mark(BaseCallback):
+        def _on_step(self):
+            if self.num_timesteps in (SAC_WARMUP, CROSSQ_STEPS):
+                marks[self.num_timesteps] = time.perf_counter()
+            return True
+
+    model = CrossQ("MlpPolicy", gym.make(ENV), learning_starts=SAC_WARMUP, seed=seed)
+    model.learn(CROSSQ_STEPS, callback=Mark())
+    return (CROSSQ_STEPS - SAC_WARMUP) / (marks[CROSSQ_STEPS] - marks[SAC_WARMUP])
+
+
 def sb3_ppo(seed: int) -> float:
     import gymnasium as gym
     from stable_baselines3 import PPO
@@ -94,10 +117,13 @@ def sb3_ppo(seed: int) -> float:
 CONTENDERS = {
     "sac": {"lab sac_baseline": lab_sac, "SB3 SAC": sb3_sac},
     "ppo": {"lab ppo_baseline": lab_ppo, "SB3 PPO": sb3_ppo},
+    "crossq": {"lab crossq": lab_crossq, "SBX CrossQ": sbx_crossq},
 }
 SETTINGS = {
     "sac": f"256x256, batch 256, 1 update per step, learning starts {SAC_WARMUP}, timed steps {SAC_WARMUP}-{SAC_STEPS}",
     "ppo": f"1 env, 2048 steps/rollout, 10 epochs, minibatch 64, 64x64 tanh, {PPO_STEPS} steps",
+    "crossq": f"critics 1024x1024 BatchRenorm, actor 256x256, policy delay 3, batch 256, learning starts "
+              f"{SAC_WARMUP}, timed steps {SAC_WARMUP}-{CROSSQ_STEPS}",
 }
 
 
@@ -121,11 +147,16 @@ def in_processes(jobs: list[tuple]) -> list[float]:
     return values
 
 
+PEER_MODULES = {"SB3": "stable_baselines3", "SBX": "sbx"}
+
+
 def available(name: str) -> bool:
-    if not name.startswith("SB3"):
+    """Lab contenders always; a peer's when its package imports (they are no dependencies of the lab)."""
+    module = PEER_MODULES.get(name.split()[0])
+    if module is None:
         return True
     try:
-        import stable_baselines3  # noqa: F401
+        __import__(module)
         return True
     except ImportError:
         return False
@@ -155,10 +186,10 @@ def main() -> None:
         figures["scaling"] = {"one worker": alone, "two workers": together}
 
     print(f"\n## Throughput on {ENV}, one core each (median (min-max) of {args.repeats})\n")
-    print("| contender | settings | steps/s | vs SB3 |\n|---|---|---|---|")
+    print("| contender | settings | steps/s | vs peer |\n|---|---|---|---|")
     for group in args.only:
         samples = figures[group]
-        reference = next((statistics.median(v) for k, v in samples.items() if k.startswith("SB3")), None)
+        reference = next((statistics.median(v) for k, v in samples.items() if k.split()[0] in PEER_MODULES), None)
         for name, values in samples.items():
             median = statistics.median(values)
             ratio = f"{median / reference:.2f}x" if reference else "-"

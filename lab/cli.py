@@ -40,10 +40,16 @@ def non_negative_int(text: str) -> int:
     return 0 if text.strip() == "0" else positive_int(text)
 
 
+def quick_check_agents() -> list[str]:
+    """Every agent, as the quick check runs it: with its `quick` preset where it has one (small networks for
+    the compute-heavy agents, so that every code path runs in seconds)."""
+    return [f"{name}:quick" if "quick" in agent_module(name).PRESETS else name for name in AGENTS]
+
+
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--agent", nargs="+", default=list(AGENTS), metavar="AGENT",
+    parser.add_argument("--agent", nargs="+", default=quick_check_agents(), metavar="AGENT",
                         help=f"agents to train, optionally with a preset (name:preset); "
-                             f"default: all ({', '.join(AGENTS)})")
+                             f"default: all, as the quick check ({', '.join(quick_check_agents())})")
     parser.add_argument("--envs", nargs="+", default=["quick"], metavar="ENV",
                         help=f"Gymnasium ids and/or suites ({', '.join(SUITES)}); default: quick")
     parser.add_argument("--seeds", type=positive_int, default=1, help="seeds per environment: 0 .. N-1 (default 1)")

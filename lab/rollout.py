@@ -156,7 +156,7 @@ def train(spec: RunSpec, on_eval: Callable[[int, float], bool] | None = None) ->
 
             if step % spec.log_every < spec.num_envs or step >= spec.steps:
                 if metrics is not None:
-                    values = {key: float(value) for key, value in metrics.items()}  # the only host reads
+                    values = {key: float(value) for key, value in {**metrics, **agent.diagnostics()}.items()}
                     check_finite(values, step, spec)
                     metrics = None
                     if writer:

@@ -13,6 +13,7 @@ from agents import AGENTS, make_agent
 SMALL = {
     "sac_baseline": {"learning_starts": 16, "batch_size": 8, "hidden_size": 16},
     "ppo_baseline": {"num_steps": 16, "num_minibatches": 2, "update_epochs": 2, "hidden_size": 8},
+    "crossq": {"learning_starts": 16, "batch_size": 8, "critic_hidden": 16, "actor_hidden": 16},
 }
 BOX_OBS = gym.spaces.Box(-np.inf, np.inf, (3,), np.float32)
 BOX_ACTION = gym.spaces.Box(np.array([-2.0, 0.0], np.float32), np.array([2.0, 0.5], np.float32))

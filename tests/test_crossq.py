@@ -1,0 +1,140 @@
+"""The CrossQ family's parts: Batch Renormalization, the joint critic pass, network modes, DroQ, diagnostics."""
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from agents import make_agent
+from agents.common import BatchRenorm, plasticity
+
+EPS = 1e-3
+
+
+def reference_renorm(x, running_mean, running_var, r_max, d_max, renorming):
+    """Ioffe (2017), Algorithm 1, written out: r and d are constants for the gradient."""
+    mu, sigma = x.mean(0), (x.var(0, unbiased=False) + EPS).sqrt()
+    running_sigma = (running_var + EPS).sqrt()
+    r = (sigma / running_sigma).clamp(1 / r_max, r_max).detach() if renorming else 1.0
+    d = ((mu - running_mean) / running_sigma).clamp(-d_max, d_max).detach() if renorming else 0.0
+    return (x - mu) / sigma * r + d
+
+
+def test_batch_renorm_during_warmup_is_batch_norm_and_tracks_running_statistics():
+    layer = BatchRenorm(3, momentum=0.1, eps=EPS, warmup_steps=2)
+    with torch.no_grad():
+        layer.weight.copy_(torch.tensor([1.0, 2.0, 0.5]))
+        layer.bias.copy_(torch.tensor([0.0, -1.0, 3.0]))
+    x = torch.randn(64, 3) * torch.tensor([1.0, 5.0, 0.1]) + torch.tensor([0.0, 10.0, -3.0])
+    y = layer(x)
+    expected = reference_renorm(x, torch.zeros(3), torch.ones(3), 3.0, 5.0, renorming=False)
+    assert torch.allclose(y, expected * layer.weight + layer.bias, atol=1e-5)
+    assert torch.allclose(layer.running_mean, 0.1 * x.mean(0), atol=1e-6)
+    assert torch.allclose(layer.running_var, 0.9 + 0.1 * x.var(0, unbiased=False), atol=1e-5)
+    assert int(layer.steps) == 1
+
+
+def test_batch_renorm_after_warmup_clips_r_and_d_and_treats_them_as_constants():
+    layer = BatchRenorm(2, momentum=0.0, eps=EPS, warmup_steps=0, r_max=3.0, d_max=5.0)  # momentum 0: frozen stats
+    # Running statistics far from the batch's: the std ratio (10) and mean shift (20) are both clipped.
+    x = (torch.randn(128, 2) * 10 + 20).requires_grad_()
+    y = layer(x)
+    x_ref = x.detach().clone().requires_grad_()
+    expected = reference_renorm(x_ref, torch.zeros(2), torch.ones(2), 3.0, 5.0, renorming=True)
+    assert torch.allclose(y, expected, atol=1e-4)
+    assert torch.allclose(y.mean(0), torch.full((2,), 5.0), atol=1e-4)  # d clipped at d_max
+    assert torch.allclose(y.std(0, unbiased=False), torch.full((2,), 3.0), atol=1e-3)  # r clipped at r_max
+    weights = torch.randn(128, 2)
+    (y * weights).sum().backward()
+    (expected * weights).sum().backward()
+    assert torch.allclose(x.grad, x_ref.grad, atol=1e-5)
+
+
+def test_batch_renorm_in_eval_mode_uses_running_statistics_and_changes_nothing():
+    layer = BatchRenorm(2, eps=EPS)
+    layer.running_mean.copy_(torch.tensor([1.0, -2.0]))
+    layer.running_var.copy_(torch.tensor([4.0, 0.25]))
+    layer.eval()
+    x = torch.randn(10, 2)
+    expected = (x - layer.running_mean) / (layer.running_var + EPS).sqrt()
+    assert torch.allclose(layer(x), expected, atol=1e-6)
+    assert int(layer.steps) == 0 and torch.equal(layer.running_mean, torch.tensor([1.0, -2.0]))
+
+
+def pendulum_like():
+    return (gym.spaces.Box(-np.inf, np.inf, (3,), np.float32), gym.spaces.Box(-2.0, 2.0, (1,), np.float32))
+
+
+def filled_crossq(**settings):
+    agent = make_agent("crossq", *pendulum_like(), total_steps=100,
+                       settings={"learning_starts": 20, "batch_size": 16, "critic_hidden": 32, "actor_hidden": 32,
+                                 **settings})
+    for _ in range(20):
+        agent.act(torch.randn(1, 3))
+        agent.observe(torch.randn(1, 3), torch.randn(1), torch.tensor([False]), torch.tensor([False]))
+    return agent
+
+
+def test_the_critic_sees_states_and_next_states_in_one_pass_with_shared_statistics():
+    agent = filled_crossq()
+    first_layer = agent.critic.qfs[0][0]
+    seen = []
+    first_layer.register_forward_hook(lambda module, inputs, output: seen.append((module.training,
+                                                                                 inputs[0].detach().clone())))
+    agent.generator.manual_seed(5)
+    obs, actions, _, next_obs, _ = agent.buffer.sample(16, agent.generator)
+    agent.generator.manual_seed(5)
+    agent.gradient_step()
+    training_passes = [x for training, x in seen if training]
+    assert len(training_passes) == 1 and training_passes[0].shape[0] == 32  # one pass, s and s' together
+    joint = training_passes[0]
+    assert torch.equal(joint[:16], torch.cat([obs, actions], -1)) and torch.equal(joint[16:, :3], next_obs)
+    # The running statistics moved towards the joint batch's mean: one normalisation for both halves.
+    assert torch.allclose(first_layer.running_mean, 0.01 * joint.mean(0), atol=1e-6)
+
+
+def test_acting_and_next_actions_use_running_statistics():
+    agent = filled_crossq(policy_delay=1000)
+    actor_layers = [m for m in agent.actor.modules() if isinstance(m, BatchRenorm)]
+    agent.act(torch.randn(4, 3), explore=True)
+    agent.act(torch.randn(4, 3), explore=False)
+    assert all(int(layer.steps) == 0 for layer in actor_layers)  # acting never normalises with its batch
+    agent.gradient_step()  # the critic update draws a' from the actor in evaluation mode
+    assert all(int(layer.steps) == 0 for layer in actor_layers)
+    assert not agent.actor.training and not agent.critic.training  # both rest in evaluation mode
+
+
+def test_the_actor_learns_every_policy_delay_critic_updates():
+    agent = filled_crossq(policy_delay=3)
+    actor_layer = next(m for m in agent.actor.modules() if isinstance(m, BatchRenorm))
+    for _ in range(7):
+        agent.gradient_step()
+    assert agent.critic_updates == 7 and int(actor_layer.steps) == 2  # actor updates at critic updates 3 and 6
+
+
+def test_droq_preset_adds_dropout_and_layer_norm_and_updates_the_actor_once_per_step():
+    agent = make_agent("sac_baseline:droq", *pendulum_like(), total_steps=100,
+                       settings={"learning_starts": 10, "batch_size": 8, "hidden_size": 16})
+    kinds = [type(m) for m in agent.critic.qfs[0]]
+    assert kinds.count(nn.Dropout) == 2 and kinds.count(nn.LayerNorm) == 2
+    actor_steps = []
+    original = agent.actor_step
+    agent.actor_step = lambda obs: actor_steps.append(1) or original(obs)
+    for _ in range(12):
+        agent.act(torch.randn(1, 3))
+        agent.observe(torch.randn(1, 3), torch.randn(1), torch.tensor([False]), torch.tensor([False]))
+        agent.update()
+    assert agent.critic_updates == 20 * 3 and len(actor_steps) == 3  # from step 10: 20 critic updates a step, 1 actor
+
+
+def test_dormant_ratio_counts_units_that_never_fire():
+    network = nn.Sequential(nn.Linear(2, 4), nn.ReLU(), nn.Linear(4, 1))
+    with torch.no_grad():
+        network[0].weight.copy_(torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.0, 0.0], [0.0, 0.0]]))
+        network[0].bias.copy_(torch.tensor([5.0, 5.0, -1.0, -2.0]))  # units 3 and 4 are dead
+    x = torch.randn(256, 2)
+    figures = plasticity(network, x)
+    assert float(figures["dormant_ratio"]) == pytest.approx(0.5)
+    expected_magnitude = (network[0].weight.abs().mean() + network[2].weight.abs().mean()).detach() / 2
+    assert float(figures["weight_magnitude"]) == pytest.approx(float(expected_magnitude))
