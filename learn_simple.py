@@ -129,6 +129,8 @@ def main() -> int:
         print(listing())
         return 0
     run_root, specs, config = plan_runs(args, parser)
+    # Explicitly: a job started in the background by a shell inherits SIGINT ignored, and would not stop.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, stop_on_sigterm)
     run_root.mkdir(parents=True, exist_ok=True)
     if not args.resume:

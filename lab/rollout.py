@@ -187,6 +187,8 @@ def train(spec: RunSpec, on_eval: Callable[[int, float], bool] | None = None) ->
                     # Before the reset: the reset draws from the envs' RNG, which the checkpoint holds.
                     state["step"], state["wall_s"] = step, state["wall_s"] + time.perf_counter() - started
                     started, step_at_start = time.perf_counter(), step
+                    if writer:
+                        writer.flush()  # every event up to the checkpoint is on disk before it is
                     save_checkpoint(checkpoint_path, agent, state, envs)
                     next_checkpoint = step + spec.checkpoint_every
                 next_obs, _ = envs.reset(options={"reset_mask": done})

@@ -112,27 +112,30 @@ def test_ctrl_c_stops_every_worker_keeps_logs_readable_and_resume_finishes(tmp_p
             break
     os.killpg(process.pid, signal.SIGINT)  # what Ctrl-C in a terminal does: every process of the group
     stdout, stderr = process.communicate(timeout=60)
-    assert process.returncode == 130, stderr
-    assert "--resume" in stderr
+    output = "".join(seen) + stdout + stderr
+    assert process.returncode == 130, output
+    assert "--resume" in stderr, output
     run = tmp_path / "runs" / "stop"
     results = json.loads((run / "results.json").read_text())
-    assert results["interrupted"] and not results["records"]
+    assert results["interrupted"] and not results["records"], output
     seed_dirs = [run / "sac_baseline" / "Pendulum-v1" / f"seed_{seed}" for seed in (0, 1)]
     for seed_dir in seed_dirs:
         events = EventAccumulator(str(seed_dir))
         events.Reload()
-        assert len(events.Scalars("eval/return")) >= 2
-        assert (seed_dir / "checkpoint.pt").exists()
+        assert len(events.Scalars("eval/return")) >= 2, output
+        assert (seed_dir / "checkpoint.pt").exists(), output
 
     resumed = learn_simple(tmp_path, "--resume", "stop", "--workers", "2")
-    assert resumed.returncode == 0, resumed.stderr
+    assert resumed.returncode == 0, output + resumed.stdout + resumed.stderr
     results = json.loads((run / "results.json").read_text())
     assert sorted(r["seed"] for r in results["records"]) == [0, 1]
     assert all(r["steps"] == 3000 for r in results["records"])
     for seed_dir in seed_dirs:  # continued from the checkpoint: every evaluation once, none repeated or lost
         events = EventAccumulator(str(seed_dir))
         events.Reload()
-        assert [e.step for e in events.Scalars("eval/return")] == list(range(200, 3001, 200))
+        steps = [e.step for e in events.Scalars("eval/return")]
+        assert steps == list(range(200, 3001, 200)), (steps, sorted(p.name for p in seed_dir.iterdir()),
+                                                       output + resumed.stdout)
         assert not (seed_dir / "checkpoint.pt").exists()  # finished runs drop theirs
 
     again = learn_simple(tmp_path, "--resume", "stop")
