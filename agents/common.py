@@ -58,11 +58,11 @@ class ReplayBuffer:
     next_obs, because a time limit is not part of the MDP.
     """
 
-    def __init__(self, capacity: int, obs_shape, action_shape, device, action_dtype=torch.float32):
+    def __init__(self, capacity: int, obs_shape, action_shape, device):
         self.capacity, self.device = capacity, device
         self.obs = torch.zeros((capacity, *obs_shape), device=device)
         self.next_obs = torch.zeros((capacity, *obs_shape), device=device)
-        self.actions = torch.zeros((capacity, *action_shape), dtype=action_dtype, device=device)
+        self.actions = torch.zeros((capacity, *action_shape), device=device)
         self.rewards = torch.zeros(capacity, device=device)
         self.terminated = torch.zeros(capacity, device=device)
         self.position, self.size = 0, 0

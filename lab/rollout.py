@@ -20,7 +20,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from agents import agent_module, make_agent, split_preset
+from agents import make_agent, split_preset
 from envs import make_env
 
 EVAL_SEED_OFFSET = 1_000_003  # evaluation episodes use seeds disjoint from training ones (and across runs)
@@ -242,5 +242,4 @@ def write_json(path: Path, data) -> None:
 def run_dir_name(agent_spec: str) -> str:
     """An agent spec as a directory name ('sac_baseline:droq' -> 'sac_baseline-droq')."""
     name, preset = split_preset(agent_spec)
-    agent_module(name)
     return f"{name}-{preset}" if preset else name
