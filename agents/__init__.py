@@ -28,7 +28,7 @@ import typing
 
 from lab import UsageError
 
-AGENTS = ("sac_baseline", "ppo_baseline", "crossq")
+AGENTS = ("sac_baseline", "ppo_baseline", "crossq", "sac_crossq_bro", "crossq_cem")
 
 
 def closest(name: str, choices) -> str:
@@ -121,10 +121,14 @@ def describe_hyperparameters(name: str) -> list[tuple[str, str, object, str]]:
     import inspect
     module = agent_module(name)
     comments = {}
-    for line in inspect.getsource(module.Hyperparameters).splitlines():
-        field_name, colon, rest = line.strip().partition(":")
-        if colon and "#" in rest:
-            comments[field_name] = rest.split("#", 1)[1].strip()
+    # A dataclass may extend its parent agent's: read the parents' comments first, so the agent's own win.
+    for cls in reversed(module.Hyperparameters.__mro__):
+        if not dataclasses.is_dataclass(cls):
+            continue
+        for line in inspect.getsource(cls).splitlines():
+            field_name, colon, rest = line.strip().partition(":")
+            if colon and "#" in rest:
+                comments[field_name] = rest.split("#", 1)[1].strip()
     defaults = module.Hyperparameters()
     return [(key, kind.__name__, getattr(defaults, key), comments.get(key, ""))
             for key, kind in hyperparameter_types(module).items()]

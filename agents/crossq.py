@@ -62,12 +62,15 @@ PRESETS: dict[str, dict] = {
 LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0
 
 
+def batch_renorm(features: int, h: Hyperparameters) -> BatchRenorm:
+    return BatchRenorm(features, h.bn_momentum, warmup_steps=h.bn_warmup, r_max=h.bn_r_max, d_max=h.bn_d_max)
+
+
 def renormalised_mlp(in_dim: int, hidden: int, out_dim: int, h: Hyperparameters) -> nn.Sequential:
     """BRN -> (Linear -> ReLU -> BRN) x 2 -> Linear, as SBX's CrossQ networks."""
-    def brn(features):
-        return BatchRenorm(features, h.bn_momentum, warmup_steps=h.bn_warmup, r_max=h.bn_r_max, d_max=h.bn_d_max)
-    return nn.Sequential(brn(in_dim), nn.Linear(in_dim, hidden), nn.ReLU(), brn(hidden),
-                         nn.Linear(hidden, hidden), nn.ReLU(), brn(hidden), nn.Linear(hidden, out_dim))
+    return nn.Sequential(batch_renorm(in_dim, h), nn.Linear(in_dim, hidden), nn.ReLU(inplace=True),
+                         batch_renorm(hidden, h), nn.Linear(hidden, hidden), nn.ReLU(inplace=True),
+                         batch_renorm(hidden, h), nn.Linear(hidden, out_dim))
 
 
 class Actor(nn.Module):
@@ -85,8 +88,11 @@ class Critics(nn.Module):
 
     def __init__(self, obs_dim: int, action_dim: int, h: Hyperparameters):
         super().__init__()
-        self.qfs = nn.ModuleList([renormalised_mlp(obs_dim + action_dim, h.critic_hidden, 1, h)
-                                  for _ in range(h.n_critics)])
+        self.qfs = nn.ModuleList([self.q_network(obs_dim + action_dim, h) for _ in range(h.n_critics)])
+
+    @staticmethod
+    def q_network(in_dim: int, h: Hyperparameters) -> nn.Module:
+        return renormalised_mlp(in_dim, h.critic_hidden, 1, h)
 
     def forward(self, obs, action):
         x = torch.cat([obs, action], dim=-1)  # [B, o + a]
@@ -95,13 +101,20 @@ class Critics(nn.Module):
 
 class Agent(OffPolicyAgent):
     name = "crossq"
+    hyperparameters = Hyperparameters  # a variant agent subclasses both
 
     def __init__(self, observation_space, action_space, num_envs=1, device="cpu", seed=0, total_steps=100_000,
                  **overrides):
-        self.setup(Hyperparameters(**overrides), observation_space, action_space, num_envs, device, seed,
+        self.setup(self.hyperparameters(**overrides), observation_space, action_space, num_envs, device, seed,
                    total_steps)
+        self.critic_updates = 0
+        self.actor_metrics: dict[str, torch.Tensor] = {}
+        self.build_learner()
+
+    def build_learner(self) -> None:
+        """Networks, optimisers and temperature. Both networks rest in evaluation mode (acting, a' for the
+        targets); the update switches to training mode where the recipe asks for batch statistics."""
         h = self.h
-        # Both networks rest in evaluation mode (acting, a' for the targets); the update switches where needed.
         self.actor = Actor(self.obs_dim, self.action_dim, h).to(self.device).eval()
         self.critic = Critics(self.obs_dim, self.action_dim, h).to(self.device).eval()
         self.log_alpha, self.target_entropy = temperature(h, self.action_dim, self.device)
@@ -111,8 +124,6 @@ class Agent(OffPolicyAgent):
         if h.autotune:
             actor_groups.append({"params": [self.log_alpha], "lr": h.q_lr})
         self.actor_optimizer = torch.optim.Adam(actor_groups, betas=betas, fused=fused)
-        self.critic_updates = 0
-        self.actor_metrics: dict[str, torch.Tensor] = {}
         self.checkpointed = {"actor": self.actor, "critic": self.critic, "log_alpha": self.log_alpha,
                              "q_optimizer": self.q_optimizer, "actor_optimizer": self.actor_optimizer}
 
@@ -126,28 +137,31 @@ class Agent(OffPolicyAgent):
         """
         h = self.h
         obs, actions, rewards, next_obs, terminated = self.buffer.sample(h.batch_size, self.generator)
-        alpha = self.log_alpha.detach().exp()
         with torch.no_grad():
             next_mean, next_log_std = self.actor(next_obs)
             noise = torch.randn(next_mean.shape, device=self.device, generator=self.generator)
             next_actions, next_log_pi = tanh_gaussian(next_mean, next_log_std, noise, self.action_scale,
                                                       self.action_bias)
+        next_entropy_bonus = -self.log_alpha.detach().exp() * next_log_pi
+        metrics = self.critic_step(obs, actions, rewards, next_obs, terminated, next_actions, next_entropy_bonus)
+        if self.critic_updates % h.policy_delay == 0:
+            self.actor_metrics = self.actor_step(obs)
+        return {**metrics, **self.actor_metrics}
+
+    def critic_step(self, obs, actions, rewards, next_obs, terminated, next_actions, next_bonus):
+        """The critics' update from one joint pass; `next_bonus` is added to min_i Q_i(s', a') in the target."""
         self.critic.train()
         joint_q = self.critic(torch.cat([obs, next_obs]), torch.cat([actions, next_actions]))  # [n, 2B]
         self.critic.eval()
-        q, next_q = joint_q.split(h.batch_size, dim=1)  # [n, B] each
+        q, next_q = joint_q.split(obs.shape[0], dim=1)  # [n, B] each
         with torch.no_grad():
-            min_next_q = next_q.min(dim=0).values - alpha * next_log_pi
-            next_q_value = rewards + (1 - terminated) * h.gamma * min_next_q
+            next_q_value = rewards + (1 - terminated) * self.h.gamma * (next_q.min(dim=0).values + next_bonus)
         qf_loss = (q - next_q_value).pow(2).mean(dim=1).sum()
         self.q_optimizer.zero_grad(set_to_none=True)
         qf_loss.backward()
         self.q_optimizer.step()
         self.critic_updates += 1
-
-        if self.critic_updates % h.policy_delay == 0:
-            self.actor_metrics = self.actor_step(obs)
-        return {"qf_loss": qf_loss.detach(), "q_mean": q.detach().mean(), **self.actor_metrics}
+        return {"qf_loss": qf_loss.detach(), "q_mean": q.detach().mean()}
 
     def actor_step(self, obs) -> dict[str, torch.Tensor]:
         self.actor.train()

@@ -2,17 +2,20 @@
 
     python benchmarks/throughput.py                  # all contenders, 3 interleaved repeats
     python benchmarks/throughput.py --only sac --repeats 1
+    python benchmarks/throughput.py --only agents --repeats 1   # every lab agent with its defaults
 
 Each measurement is a fresh process pinned to one core with one torch thread (as a learn_simple worker is),
 and the repeats of all contenders are interleaved so that drifts in machine load hit them alike. Settings
-mirror each other (see CONTENDERS). SAC is timed from the end of its warm-up (step 1000) to step 6000, PPO over
-its whole 20480 steps. `--scaling` also times one learn_simple-style worker alone against two at once on two
-cores. The peers are no dependencies of the lab: `pip install stable-baselines3 sbx-rl` to include them.
+mirror each other (see CONTENDERS); the `agents` group times every lab agent with its own defaults. SAC is
+timed from the end of its warm-up (step 1000) to step 6000, PPO over its whole 20480 steps. `--scaling` also
+times one learn_simple-style worker alone against two at once on two cores. The peers are no dependencies of
+the lab: `pip install stable-baselines3 sbx-rl` to include them.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import multiprocessing
 import os
@@ -23,8 +26,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from agents import AGENTS  # noqa: E402  (after the path is set)
+
 ENV = "HalfCheetah-v5"
 SAC_WARMUP, SAC_STEPS, PPO_STEPS, CROSSQ_STEPS = 1000, 6000, 20480, 4000
+AGENT_STEPS = 500  # timed steps per off-policy agent in the `agents` group (the slowest take ~0.2 s a step)
 # The lab's PPO with SB3's defaults: no normalisation wrappers, no value clipping.
 PPO_AS_SB3 = {"norm_obs": False, "norm_reward": False, "clip_vloss": False}
 
@@ -68,6 +74,15 @@ def lab_crossq(seed: int) -> float:
 def lab_ppo(seed: int) -> float:
     return timed_lab_run({"agent": "ppo_baseline", "env": ENV, "seed": seed, "steps": PPO_STEPS,
                           "settings": PPO_AS_SB3}, (0, PPO_STEPS))
+
+
+def lab_agent(spec: str, seed: int) -> float:
+    """Any lab agent with its defaults; off-policy ones timed over AGENT_STEPS after learning starts."""
+    if spec == "ppo_baseline":
+        return timed_lab_run({"agent": spec, "env": ENV, "seed": seed, "steps": PPO_STEPS}, (0, PPO_STEPS))
+    return timed_lab_run({"agent": spec, "env": ENV, "seed": seed, "steps": SAC_WARMUP + AGENT_STEPS,
+                          "eval_every": AGENT_STEPS, "settings": {"learning_starts": SAC_WARMUP}},
+                         (SAC_WARMUP, SAC_WARMUP + AGENT_STEPS))
 
 
 def sb3_sac(seed: int) -> float:
@@ -118,12 +133,15 @@ CONTENDERS = {
     "sac": {"lab sac_baseline": lab_sac, "SB3 SAC": sb3_sac},
     "ppo": {"lab ppo_baseline": lab_ppo, "SB3 PPO": sb3_ppo},
     "crossq": {"lab crossq": lab_crossq, "SBX CrossQ": sbx_crossq},
+    "agents": {f"lab {spec}": functools.partial(lab_agent, spec) for spec in (*AGENTS, "sac_baseline:droq")},
 }
 SETTINGS = {
     "sac": f"256x256, batch 256, 1 update per step, learning starts {SAC_WARMUP}, timed steps {SAC_WARMUP}-{SAC_STEPS}",
     "ppo": f"1 env, 2048 steps/rollout, 10 epochs, minibatch 64, 64x64 tanh, {PPO_STEPS} steps",
     "crossq": f"critics 1024x1024 BatchRenorm, actor 256x256, policy delay 3, batch 256, learning starts "
               f"{SAC_WARMUP}, timed steps {SAC_WARMUP}-{CROSSQ_STEPS}",
+    "agents": f"the agent's defaults; off-policy: learning starts {SAC_WARMUP}, timed steps {SAC_WARMUP}-"
+              f"{SAC_WARMUP + AGENT_STEPS}; ppo: {PPO_STEPS} steps",
 }
 
 

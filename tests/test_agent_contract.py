@@ -14,6 +14,10 @@ SMALL = {
     "sac_baseline": {"learning_starts": 16, "batch_size": 8, "hidden_size": 16},
     "ppo_baseline": {"num_steps": 16, "num_minibatches": 2, "update_epochs": 2, "hidden_size": 8},
     "crossq": {"learning_starts": 16, "batch_size": 8, "critic_hidden": 16, "actor_hidden": 16},
+    # reset_every 9: the checkpoint and seeding tests also cover resets.
+    "sac_crossq_bro": {"learning_starts": 16, "batch_size": 8, "critic_hidden": 16, "actor_hidden": 16,
+                       "reset_every": 9},
+    "crossq_cem": {"learning_starts": 16, "batch_size": 8, "critic_hidden": 16, "population": 8, "elites": 2},
 }
 BOX_OBS = gym.spaces.Box(-np.inf, np.inf, (3,), np.float32)
 BOX_ACTION = gym.spaces.Box(np.array([-2.0, 0.0], np.float32), np.array([2.0, 0.5], np.float32))

@@ -138,3 +138,79 @@ def test_dormant_ratio_counts_units_that_never_fire():
     assert float(figures["dormant_ratio"]) == pytest.approx(0.5)
     expected_magnitude = (network[0].weight.abs().mean() + network[2].weight.abs().mean()).detach() / 2
     assert float(figures["weight_magnitude"]) == pytest.approx(float(expected_magnitude))
+
+
+def test_cem_finds_the_maximiser_of_a_concave_function_for_a_batch_of_problems():
+    from agents.crossq_cem import Hyperparameters, cem_maximise
+    targets = torch.rand(16, 3, generator=torch.Generator().manual_seed(0)) * 1.6 - 0.8  # one optimum per problem
+    calls = []
+
+    def score(candidates):  # [B, P, A] -> [B, P]: a concave bowl around each problem's target
+        calls.append(candidates.shape)
+        return -((candidates - targets.unsqueeze(1)).square() * torch.tensor([1.0, 4.0, 0.25])).sum(-1)
+
+    h = Hyperparameters(population=64, elites=6, iterations=6, init_std=0.5, min_std=0.001)
+    found = cem_maximise(score, torch.zeros(16, 3), h, torch.Generator().manual_seed(1))
+    assert (found - targets).abs().max() < 0.03
+    assert calls == [(16, 64, 3)] * 6  # each iteration scores every problem's whole population at once
+
+
+def test_cem_stays_in_bounds_when_the_optimum_lies_outside():
+    from agents.crossq_cem import Hyperparameters, cem_maximise
+    h = Hyperparameters(population=32, elites=4, iterations=4)
+    found = cem_maximise(lambda a: a.sum(-1), torch.zeros(4, 2), h, torch.Generator().manual_seed(0))
+    assert bool((found <= 1).all()) and float(found.mean()) > 0.8  # pressed against the bound, never beyond
+
+
+def test_cem_agent_warm_starts_within_an_episode_and_afresh_after_it():
+    agent = make_agent("crossq_cem", *pendulum_like(), num_envs=2, total_steps=100,
+                       settings={"learning_starts": 0, "critic_hidden": 16, "population": 8, "elites": 2})
+    import agents.crossq_cem as module
+    seen, original = [], module.cem_maximise
+
+    def spy(score, mean, h, generator):
+        seen.append(mean.clone())
+        return original(score, mean, h, generator)
+
+    module.cem_maximise = spy
+    try:
+        agent.act(torch.randn(2, 3))
+        answer = agent.cem_start.clone()
+        agent.observe(torch.randn(2, 3), torch.zeros(2), torch.tensor([True, False]), torch.tensor([False, False]))
+        agent.act(torch.randn(2, 3))
+        agent.act(torch.randn(2, 3), explore=False)
+    finally:
+        module.cem_maximise = original
+    assert torch.equal(seen[0], torch.zeros(2, 1))
+    assert torch.equal(seen[1][0], torch.zeros(1)) and torch.equal(seen[1][1], answer[1])  # env 0's episode ended
+    assert torch.equal(seen[2], torch.zeros(2, 1))  # evaluation never starts from training's search
+
+
+def test_bro_critic_is_residual_with_about_5m_parameters_and_decays_only_linear_weights():
+    half_cheetah = (gym.spaces.Box(-np.inf, np.inf, (17,), np.float32), gym.spaces.Box(-1.0, 1.0, (6,), np.float32))
+    agent = make_agent("sac_crossq_bro", *half_cheetah, total_steps=100)
+    from agents.sac_crossq_bro import ResidualBlock
+    assert sum(isinstance(m, ResidualBlock) for m in agent.critic.qfs[0]) == 2
+    assert 4.5e6 < sum(p.numel() for p in agent.critic.parameters()) < 5.5e6
+    decayed = [p for group in agent.q_optimizer.param_groups if group["weight_decay"] > 0 for p in group["params"]]
+    linear_weights = [m.weight for m in agent.critic.modules() if isinstance(m, nn.Linear)]
+    assert len(decayed) == len(linear_weights) and all(any(p is w for w in linear_weights) for p in decayed)
+    assert agent.target_entropy == -3.0  # -|A| / 2
+
+
+def test_bro_resets_networks_and_optimisers_but_keeps_the_replay_buffer():
+    agent = make_agent("sac_crossq_bro", *pendulum_like(), total_steps=100,
+                       settings={"learning_starts": 20, "batch_size": 16, "critic_hidden": 16, "actor_hidden": 16,
+                                 "reset_every": 4})
+    for _ in range(20):
+        agent.act(torch.randn(1, 3))
+        agent.observe(torch.randn(1, 3), torch.randn(1), torch.tensor([False]), torch.tensor([False]))
+    critic_before = agent.critic
+    for _ in range(3):
+        agent.gradient_step()
+    assert agent.critic is critic_before and agent.q_optimizer.state
+    stored = agent.buffer.size
+    agent.gradient_step()  # the 4th critic update resets
+    assert agent.critic is not critic_before and not agent.q_optimizer.state and not agent.actor_optimizer.state
+    assert float(agent.log_alpha.detach()) == 0.0 and agent.buffer.size == stored
+    assert all(int(m.steps) == 0 for m in agent.critic.modules() if isinstance(m, BatchRenorm))

@@ -1,0 +1,144 @@
+"""CrossQ's critic without an actor: actions maximise the critic by the cross-entropy method (CEM).
+
+Papers: Kalashnikov et al. 2018, "QT-Opt: Scalable Deep Reinforcement Learning for Vision-Based Robotic
+Manipulation" (CEM over a Q function for acting and for targets, https://arxiv.org/abs/1806.10293); Hansen et
+al. 2024, "TD-MPC2" (a CEM/MPPI planner warm-started from its previous solution, https://arxiv.org/abs/2310.16828);
+Rubinstein 1999 (the cross-entropy method); CrossQ (see agents/crossq.py), this agent's parent.
+
+What changes from crossq:
+- no actor, no entropy temperature: a = argmax_a min_i Q_i(s, a), found by CEM with the critics in evaluation
+  mode, for acting and for the next actions a' of the TD target (QT-Opt's recipe);
+- CEM, in the action space rescaled to [-1, 1]^|A|: start from N(mean_0, init_std^2); each iteration samples
+  `population` actions per state, scores them with the critics, and refits mean and std to the `elites` best;
+  the answer is the last mean. mean_0 is 0 for targets and evaluation; when exploring it is the previous
+  step's answer in the same environment (the warm start), reset to 0 when the episode ends;
+- exploration: Gaussian noise of std `exploration_noise` (in the rescaled space) on the CEM answer, clipped;
+- the TD target has no entropy term: y = r + gamma * (1 - terminated) * min_i Q_i(s', CEM(s')).
+The critics' update itself, the joint (s, s') pass in training mode, is crossq's `critic_step`.
+
+Cost: targets score batch_size * population * iterations (state, action) pairs per update; every CEM step of
+a batch of states is a few tensor operations on [batch, population, |A|], never a loop over states or samples.
+That is why the critic is narrower than crossq's: 256 units. At 1024 each update would cost 16 times more.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable
+
+import torch
+
+from agents import crossq
+from agents.common import HyperparametersBase, make_generator
+from lab import UsageError
+
+
+@dataclasses.dataclass
+class Hyperparameters(HyperparametersBase):
+    buffer_size: int = 1_000_000  # replay capacity in transitions (never more than the run's step budget)
+    gamma: float = 0.99  # discount factor
+    batch_size: int = 256  # transitions per gradient update (the joint critic pass sees twice as many rows)
+    learning_starts: int = 1_000  # uniform-random actions and no updates before this many transitions
+    q_lr: float = 1e-3  # Adam learning rate of the critics
+    adam_beta1: float = 0.5  # Adam's first-moment decay, CrossQ's
+    replay_ratio: float = 1.0  # gradient updates per environment transition
+    critic_hidden: int = 256  # width of the critics' two hidden layers (CEM multiplies their cost)
+    n_critics: int = 2  # Q functions in the ensemble; CEM and targets use their minimum
+    population: int = 32  # CEM: candidate actions scored per state and iteration (QT-Opt: 64)
+    elites: int = 4  # CEM: best candidates that the next sampling distribution is fitted to (QT-Opt: 6)
+    iterations: int = 2  # CEM: sample-score-refit rounds (QT-Opt: 2)
+    init_std: float = 0.5  # CEM: initial std of the sampling distribution, in the action range scaled to [-1, 1]
+    min_std: float = 0.05  # CEM: floor of the refitted std, so the search never collapses to a point early
+    warm_start: bool = True  # when exploring, start CEM from the previous step's answer in that environment
+    exploration_noise: float = 0.2  # std of the Gaussian noise on the action when exploring, scaled range
+    bn_momentum: float = 0.01  # rate at which BatchRenorm's running statistics follow the batches
+    bn_warmup: int = 100_000  # training passes of plain BatchNorm before renormalisation starts
+    bn_r_max: float = 3.0  # BatchRenorm's bound on the std correction r
+    bn_d_max: float = 5.0  # BatchRenorm's bound on the mean correction d
+
+    positive = ("buffer_size", "batch_size", "q_lr", "replay_ratio", "critic_hidden", "n_critics", "population",
+                "elites", "iterations", "init_std", "bn_momentum", "bn_r_max")
+    unit_interval = ("gamma", "adam_beta1", "bn_momentum")
+
+    def check(self) -> None:
+        super().check()
+        if self.elites > self.population:
+            raise UsageError(f"hyperparameter elites ({self.elites}) must not exceed population ({self.population})")
+
+
+PRESETS: dict[str, dict] = {
+    # The quick check's: every code path at a small fraction of the arithmetic.
+    "quick": {"critic_hidden": 64, "batch_size": 128, "population": 32, "elites": 4},
+}
+
+
+def cem_maximise(score: Callable[[torch.Tensor], torch.Tensor], mean: torch.Tensor, h: Hyperparameters,
+                 generator: torch.Generator) -> torch.Tensor:
+    """argmax over a in [-1, 1]^A of score, for a batch of problems at once, by the cross-entropy method.
+
+    score: [B, P, A] candidates -> [B, P] values; mean: [B, A] starting means. Returns [B, A].
+    """
+    std = torch.full_like(mean, h.init_std)
+    batch, action_dim = mean.shape
+    for _ in range(h.iterations):
+        noise = torch.randn((batch, h.population, action_dim), device=mean.device, generator=generator)
+        candidates = torch.addcmul(mean.unsqueeze(1), std.unsqueeze(1), noise).clamp(-1, 1)  # [B, P, A]
+        best = score(candidates).topk(h.elites, dim=1).indices  # [B, E]
+        elites = candidates.gather(1, best.unsqueeze(-1).expand(-1, -1, action_dim))  # [B, E, A]
+        std, mean = torch.std_mean(elites, dim=1, correction=0)
+        std = std.clamp(min=h.min_std)
+    return mean
+
+
+class Agent(crossq.Agent):
+    name = "crossq_cem"
+    hyperparameters = Hyperparameters
+    SAVED_ATTRIBUTES = crossq.Agent.SAVED_ATTRIBUTES + ("cem_start",)
+
+    def build_learner(self) -> None:
+        """The critics and their optimiser: crossq's, without the actor and the temperature."""
+        h = self.h
+        self.critic = crossq.Critics(self.obs_dim, self.action_dim, h).to(self.device).eval()
+        fused = self.device.type in ("cpu", "cuda")
+        self.q_optimizer = torch.optim.Adam(self.critic.parameters(), lr=h.q_lr, betas=(h.adam_beta1, 0.999),
+                                            fused=fused)
+        # Not learned, but kept with the learner: the warm start of each environment's search.
+        self.cem_start = torch.zeros((self.num_envs, self.action_dim), device=self.device)
+        self.checkpointed = {"critic": self.critic, "q_optimizer": self.q_optimizer}
+
+    def greedy(self, obs: torch.Tensor, start: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """CEM's answer for each state, in the scaled action range [-1, 1]; the critics in evaluation mode."""
+        population = self.h.population
+
+        def min_q(candidates):  # [B, P, A] -> [B, P]
+            states = obs.unsqueeze(1).expand(-1, population, -1).flatten(0, 1)
+            actions = candidates.flatten(0, 1) * self.action_scale + self.action_bias
+            return self.critic(states, actions).min(dim=0).values.view(-1, population)
+
+        return cem_maximise(min_q, start, self.h, generator)
+
+    def policy(self, obs: torch.Tensor, explore: bool) -> torch.Tensor:
+        if not explore:  # a fixed stream of its own: the same state always gets the same action, and
+            # evaluating draws nothing from training's stream
+            fixed = make_generator(self.seed, self.device)
+            scaled = self.greedy(obs, torch.zeros((obs.shape[0], self.action_dim), device=self.device), fixed)
+        else:
+            start = self.cem_start if self.h.warm_start else torch.zeros_like(self.cem_start)
+            scaled = self.greedy(obs, start, self.generator)
+            self.cem_start = scaled
+            noise = torch.randn(scaled.shape, device=self.device, generator=self.generator)
+            scaled = (scaled + self.h.exploration_noise * noise).clamp(-1, 1)
+        return scaled * self.action_scale + self.action_bias
+
+    def observe(self, next_obs, reward, terminated, truncated) -> None:
+        super().observe(next_obs, reward, terminated, truncated)
+        ended = (terminated | truncated).unsqueeze(-1)
+        self.cem_start = torch.where(ended, 0.0, self.cem_start)  # a new episode's search starts afresh
+
+    def gradient_step(self) -> dict[str, torch.Tensor]:
+        """y = r + gamma * (1 - terminated) * min_i Q_i(s', a'),  a' = CEM(s'); L_Q as crossq's."""
+        obs, actions, rewards, next_obs, terminated = self.buffer.sample(self.h.batch_size, self.generator)
+        with torch.no_grad():
+            start = torch.zeros((next_obs.shape[0], self.action_dim), device=self.device)
+            next_actions = self.greedy(next_obs, start, self.generator) * self.action_scale + self.action_bias
+        return self.critic_step(obs, actions, rewards, next_obs, terminated, next_actions, 0.0)
