@@ -1,4 +1,6 @@
-"""Pieces more than one agent needs: validated hyperparameters and a replay buffer that lives on the device."""
+"""Pieces more than one agent needs: validated hyperparameters, seeding, a replay buffer that lives on the
+device, the tanh-squashed Gaussian, Batch Renormalization, plasticity diagnostics, the entropy temperature,
+and `OffPolicyAgent`, the base of every replay-based agent."""
 
 from __future__ import annotations
 
@@ -42,13 +44,19 @@ def make_generator(seed: int, device: torch.device) -> torch.Generator:
 
 
 def rng_state(generator: torch.Generator) -> dict:
-    """Generator and global torch RNG state (initialisation and dropout draw from the global one)."""
-    return {"generator": generator.get_state(), "torch": torch.get_rng_state()}
+    """Generator and global torch RNG state (initialisation and dropout draw from the global one; dropout on
+    CUDA from the device's)."""
+    state = {"generator": generator.get_state(), "torch": torch.get_rng_state()}
+    if generator.device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(generator.device)
+    return state
 
 
 def load_rng_state(generator: torch.Generator, state: dict) -> None:
     generator.set_state(state["generator"])
     torch.set_rng_state(state["torch"])
+    if "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], generator.device)
 
 
 class ReplayBuffer:
@@ -180,8 +188,8 @@ class BatchRenorm(nn.Module):
 def plasticity(network: nn.Module, x: torch.Tensor, tau: float = 0.025) -> dict[str, torch.Tensor]:
     """Diagnostics of lost plasticity, on a batch x: the dormant-neuron ratio (Sokar et al. 2023,
     https://arxiv.org/abs/2302.12902: the share of hidden units whose mean |activation|, divided by the layer's
-    average, is at most tau) and the mean weight magnitude of the network's linear layers. Activations are read
-    at every ReLU/Tanh module, wherever it sits (residual blocks included)."""
+    average, is at most tau) and the weight magnitude (the mean over linear layers of each layer's mean |w|).
+    Activations are read at every ReLU/Tanh module, wherever it sits (residual blocks included)."""
     activities = []
 
     def record(module, inputs, output):
@@ -194,7 +202,8 @@ def plasticity(network: nn.Module, x: torch.Tensor, tau: float = 0.025) -> dict[
     finally:
         for hook in hooks:
             hook.remove()
-    dormant = sum((activity <= tau * activity.mean()).sum() for activity in activities)
+    dormant = torch.stack([(activity <= tau * activity.mean()).sum() for activity in activities]).sum() \
+        if activities else torch.zeros((), device=x.device)
     units = sum(activity.numel() for activity in activities)
     weights = [m.weight.abs().mean() for m in network.modules() if isinstance(m, nn.Linear)]
     return {"dormant_ratio": dormant / max(units, 1), "weight_magnitude": torch.stack(weights).mean().detach()}
@@ -227,6 +236,7 @@ class OffPolicyAgent:
         self.buffer = ReplayBuffer(max(1, min(h.buffer_size, total_steps)), obs_shape, (self.action_dim,),
                                    self.device)
         self.transitions = 0  # environment transitions observed
+        self.actor_metrics: dict[str, torch.Tensor] = {}  # the latest actor update's, repeated until the next
         self.update_credit = 0.0  # gradient updates owed under replay_ratio, carried over between calls
         self.last_obs = self.last_action = None
         self.checkpointed: dict = {}
@@ -270,13 +280,13 @@ class OffPolicyAgent:
         return plasticity(self.critic.qfs[0], torch.cat([obs, actions], dim=-1))
 
     # Attributes saved as they are: the seed (later draws derive from it), counters, other per-run state.
-    SAVED_ATTRIBUTES = ("seed", "transitions", "update_credit", "critic_updates")
+    SAVED_ATTRIBUTES = ("seed", "transitions", "update_credit", "critic_updates", "actor_metrics")
 
     def state_dict(self) -> dict:
         state = {name: item.detach().clone() if isinstance(item, torch.Tensor) else item.state_dict()
                  for name, item in self.checkpointed.items()}
         return {**state, "buffer": self.buffer.state_dict(), "rng": rng_state(self.generator),
-                **{name: getattr(self, name) for name in self.SAVED_ATTRIBUTES}}
+                **{name: copied(getattr(self, name)) for name in self.SAVED_ATTRIBUTES}}
 
     def load_state_dict(self, state: dict) -> None:
         for name, item in self.checkpointed.items():
@@ -289,6 +299,15 @@ class OffPolicyAgent:
         load_rng_state(self.generator, state["rng"])
         for name in self.SAVED_ATTRIBUTES:
             setattr(self, name, state[name])
+
+
+def copied(value):
+    """A checkpoint's copy of a saved attribute: tensors (also inside a dict) must not stay shared with the agent."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().clone()
+    if isinstance(value, dict):
+        return {key: copied(item) for key, item in value.items()}
+    return value
 
 
 def temperature(h, action_dim: int, device) -> tuple[torch.Tensor, float]:

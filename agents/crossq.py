@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from agents.common import BatchRenorm, HyperparametersBase, OffPolicyAgent, tanh_gaussian, temperature
+from lab import UsageError
 
 
 @dataclasses.dataclass
@@ -45,13 +46,28 @@ class Hyperparameters(HyperparametersBase):
     actor_hidden: int = 256  # width of the actor's two hidden layers
     n_critics: int = 2  # Q functions in the ensemble; targets use their minimum
     bn_momentum: float = 0.01  # rate at which BatchRenorm's running statistics follow the batches
-    bn_warmup: int = 100_000  # training passes of plain BatchNorm before renormalisation starts
+    bn_warmup: int = 100_000  # each layer's training passes as plain BatchNorm (the actor's: 1 per policy_delay)
     bn_r_max: float = 3.0  # BatchRenorm's bound on the std correction r
     bn_d_max: float = 5.0  # BatchRenorm's bound on the mean correction d
 
     positive = ("buffer_size", "batch_size", "policy_lr", "q_lr", "policy_delay", "replay_ratio", "critic_hidden",
                 "actor_hidden", "n_critics", "bn_momentum", "bn_r_max")
     unit_interval = ("gamma", "adam_beta1", "bn_momentum")
+
+    def check(self) -> None:
+        super().check()
+        check_batch_renorm_recipe(self)
+
+
+def check_batch_renorm_recipe(h) -> None:
+    """What the generic bounds miss: batch statistics need 2 rows, r_max below 1 would invert BatchRenorm's
+    clipping, and Adam rejects beta1 = 1."""
+    if h.batch_size < 2:
+        raise UsageError(f"hyperparameter batch_size must be >= 2 (batch statistics), got {h.batch_size}")
+    if h.bn_r_max < 1:
+        raise UsageError(f"hyperparameter bn_r_max must be >= 1, got {h.bn_r_max}")
+    if h.adam_beta1 >= 1:
+        raise UsageError(f"hyperparameter adam_beta1 must be < 1, got {h.adam_beta1}")
 
 
 PRESETS: dict[str, dict] = {
@@ -108,7 +124,6 @@ class Agent(OffPolicyAgent):
         self.setup(self.hyperparameters(**overrides), observation_space, action_space, num_envs, device, seed,
                    total_steps)
         self.critic_updates = 0
-        self.actor_metrics: dict[str, torch.Tensor] = {}
         self.build_learner()
 
     def build_learner(self) -> None:

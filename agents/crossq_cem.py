@@ -62,13 +62,14 @@ class Hyperparameters(HyperparametersBase):
 
     def check(self) -> None:
         super().check()
+        crossq.check_batch_renorm_recipe(self)
         if self.elites > self.population:
             raise UsageError(f"hyperparameter elites ({self.elites}) must not exceed population ({self.population})")
 
 
 PRESETS: dict[str, dict] = {
     # The quick check's: every code path at a small fraction of the arithmetic.
-    "quick": {"critic_hidden": 64, "batch_size": 128, "population": 32, "elites": 4},
+    "quick": {"critic_hidden": 64, "batch_size": 128},
 }
 
 
@@ -118,8 +119,8 @@ class Agent(crossq.Agent):
         return cem_maximise(min_q, start, self.h, generator)
 
     def policy(self, obs: torch.Tensor, explore: bool) -> torch.Tensor:
-        if not explore:  # a fixed stream of its own: the same state always gets the same action, and
-            # evaluating draws nothing from training's stream
+        if not explore:  # a fixed stream of its own: the same batch of states always gets the same actions,
+            # and evaluating draws nothing from training's stream
             fixed = make_generator(self.seed, self.device)
             scaled = self.greedy(obs, torch.zeros((obs.shape[0], self.action_dim), device=self.device), fixed)
         else:

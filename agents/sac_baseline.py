@@ -122,7 +122,6 @@ class Agent(OffPolicyAgent):
             actor_groups.append({"params": [self.log_alpha], "lr": h.q_lr})
         self.actor_optimizer = torch.optim.Adam(actor_groups, fused=fused)
         self.critic_updates = 0
-        self.actor_metrics: dict[str, torch.Tensor] = {}
         self.checkpointed = {"actor": self.actor, "critic": self.critic, "critic_target": self.critic_target,
                              "log_alpha": self.log_alpha, "q_optimizer": self.q_optimizer,
                              "actor_optimizer": self.actor_optimizer}

@@ -97,9 +97,10 @@ def test_evaluation_has_no_side_effects(agent_name, action_space):
 
 
 @pytest.mark.parametrize("agent_name,action_space", SPACES)
-def test_checkpoint_round_trip_continues_exactly(agent_name, action_space):
+@pytest.mark.parametrize("steps_before", [30, 31])  # two phases of delayed actor updates
+def test_checkpoint_round_trip_continues_exactly(agent_name, action_space, steps_before):
     original = build(agent_name, action_space)
-    drive(original, 30, seed=1)
+    drive(original, steps_before, seed=1)
     saved = io.BytesIO()
     torch.save(original.state_dict(), saved)  # as a checkpoint does: no tensor may stay shared with `original`
     saved.seek(0)
@@ -111,7 +112,7 @@ def test_checkpoint_round_trip_continues_exactly(agent_name, action_space):
     # Training on from the checkpoint gives the same exploration, the same updates, the same policy.
     metrics_a, metrics_b = drive(original, 30, seed=2), drive(restored, 30, seed=2)
     assert len(metrics_a) == len(metrics_b) > 0
-    for a, b in zip(metrics_a, metrics_b):
+    for a, b in zip(metrics_a, metrics_b):  # the same keys too: nothing an update reports is lost
         assert {k: float(v) for k, v in a.items()} == {k: float(v) for k, v in b.items()}
     assert torch.equal(original.act(obs, explore=True), restored.act(obs, explore=True))
 
@@ -133,6 +134,8 @@ def test_same_seed_same_result(agent_name, action_space):
     for seed in (7, 7, 8):
         agent = build(agent_name, action_space, seed=seed)
         drive(agent, 40)
-        states.append(tensors(agent.state_dict()))
-    assert all(torch.equal(a, b) for a, b in zip(states[0], states[1]))
-    assert not all(torch.equal(a, b) for a, b in zip(states[0], states[2]) if a.shape == b.shape)
+        states.append(agent.state_dict())
+    assert all(torch.equal(a, b) for a, b in zip(tensors(states[0]), tensors(states[1])))
+    # Another seed learns something else (the RNG states, which differ by construction, left out).
+    learned = [tensors({k: v for k, v in state.items() if k != "rng"}) for state in (states[0], states[2])]
+    assert not all(torch.equal(a, b) for a, b in zip(*learned) if a.shape == b.shape)

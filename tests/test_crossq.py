@@ -51,6 +51,41 @@ def test_batch_renorm_after_warmup_clips_r_and_d_and_treats_them_as_constants():
     assert torch.allclose(x.grad, x_ref.grad, atol=1e-5)
 
 
+def test_batch_renorm_with_affine_parameters_and_unclipped_r_d_matches_the_paper_and_its_gradients():
+    layer = BatchRenorm(3, momentum=0.1, eps=EPS, warmup_steps=1, r_max=10.0, d_max=10.0)
+    running_mean, running_var = torch.tensor([0.5, -1.0, 2.0]), torch.tensor([2.0, 0.5, 4.0])
+    layer.running_mean.copy_(running_mean)
+    layer.running_var.copy_(running_var)
+    with torch.no_grad():
+        layer.weight.copy_(torch.tensor([1.5, -0.7, 2.0]))
+        layer.bias.copy_(torch.tensor([0.3, 1.0, -2.0]))
+    x = torch.randn(64, 3, generator=torch.Generator().manual_seed(0)) * torch.tensor([1.0, 2.0, 0.5]) + 1.0
+    layer.steps.fill_(1)  # past the warm-up: renormalising, with r and d inside their (loose) bounds
+    x_lab, x_ref = x.clone().requires_grad_(), x.clone().requires_grad_()
+    y = layer(x_lab)
+    weight, bias = layer.weight.detach().clone().requires_grad_(), layer.bias.detach().clone().requires_grad_()
+    expected = reference_renorm(x_ref, running_mean, running_var, 10.0, 10.0, renorming=True) * weight + bias
+    assert torch.allclose(y, expected, atol=1e-5)
+    upstream = torch.randn(64, 3, generator=torch.Generator().manual_seed(1))
+    (y * upstream).sum().backward()
+    (expected * upstream).sum().backward()
+    for ours, theirs in ((x_lab.grad, x_ref.grad), (layer.weight.grad, weight.grad), (layer.bias.grad, bias.grad)):
+        assert torch.allclose(ours, theirs, atol=1e-4)
+    assert torch.allclose(layer.running_mean, 0.9 * running_mean + 0.1 * x.mean(0), atol=1e-6)
+    assert torch.allclose(layer.running_var, 0.9 * running_var + 0.1 * x.var(0, unbiased=False), atol=1e-5)
+
+
+def test_batch_renorm_switches_from_batch_norm_to_renormalising_after_the_warmup():
+    layer = BatchRenorm(2, momentum=0.5, eps=EPS, warmup_steps=1)
+    x = torch.randn(32, 2) * 3 + 4
+    first = layer(x)  # warm-up pass: plain BatchNorm
+    assert torch.allclose(first, reference_renorm(x, torch.zeros(2), torch.ones(2), 3.0, 5.0, False), atol=1e-5)
+    stats = layer.running_mean.clone(), layer.running_var.clone()
+    second = layer(x)
+    assert torch.allclose(second, reference_renorm(x, *stats, 3.0, 5.0, renorming=True), atol=1e-5)
+    assert not torch.allclose(first, second, atol=1e-2)
+
+
 def test_batch_renorm_in_eval_mode_uses_running_statistics_and_changes_nothing():
     layer = BatchRenorm(2, eps=EPS)
     layer.running_mean.copy_(torch.tensor([1.0, -2.0]))
@@ -105,12 +140,14 @@ def test_acting_and_next_actions_use_running_statistics():
     assert not agent.actor.training and not agent.critic.training  # both rest in evaluation mode
 
 
-def test_the_actor_learns_every_policy_delay_critic_updates():
+def test_the_actor_learns_every_policy_delay_critic_updates_reading_the_critic_in_eval_mode():
     agent = filled_crossq(policy_delay=3)
     actor_layer = next(m for m in agent.actor.modules() if isinstance(m, BatchRenorm))
     for _ in range(7):
         agent.gradient_step()
     assert agent.critic_updates == 7 and int(actor_layer.steps) == 2  # actor updates at critic updates 3 and 6
+    # The critic normalised with batch statistics in its 7 joint passes only, not in the 2 actor losses.
+    assert all(int(m.steps) == 7 for m in agent.critic.modules() if isinstance(m, BatchRenorm))
 
 
 def test_droq_preset_adds_dropout_and_layer_norm_and_updates_the_actor_once_per_step():
@@ -179,11 +216,14 @@ def test_cem_agent_warm_starts_within_an_episode_and_afresh_after_it():
         agent.observe(torch.randn(2, 3), torch.zeros(2), torch.tensor([True, False]), torch.tensor([False, False]))
         agent.act(torch.randn(2, 3))
         agent.act(torch.randn(2, 3), explore=False)
+        agent.observe(torch.randn(2, 3), torch.zeros(2), torch.tensor([False, False]), torch.tensor([False, True]))
+        agent.act(torch.randn(2, 3))
     finally:
         module.cem_maximise = original
     assert torch.equal(seen[0], torch.zeros(2, 1))
     assert torch.equal(seen[1][0], torch.zeros(1)) and torch.equal(seen[1][1], answer[1])  # env 0's episode ended
     assert torch.equal(seen[2], torch.zeros(2, 1))  # evaluation never starts from training's search
+    assert float(seen[3][1]) == 0.0 and float(seen[3][0]) != 0.0  # a time limit ends the search too
 
 
 def test_bro_critic_is_residual_with_about_5m_parameters_and_decays_only_linear_weights():
@@ -192,10 +232,16 @@ def test_bro_critic_is_residual_with_about_5m_parameters_and_decays_only_linear_
     from agents.sac_crossq_bro import ResidualBlock
     assert sum(isinstance(m, ResidualBlock) for m in agent.critic.qfs[0]) == 2
     assert 4.5e6 < sum(p.numel() for p in agent.critic.parameters()) < 5.5e6
-    decayed = [p for group in agent.q_optimizer.param_groups if group["weight_decay"] > 0 for p in group["params"]]
-    linear_weights = [m.weight for m in agent.critic.modules() if isinstance(m, nn.Linear)]
-    assert len(decayed) == len(linear_weights) and all(any(p is w for w in linear_weights) for p in decayed)
+    assert_only_linear_weights_decay(agent)
     assert agent.target_entropy == -3.0  # -|A| / 2
+
+
+def assert_only_linear_weights_decay(agent):
+    for optimizer, network in ((agent.q_optimizer, agent.critic), (agent.actor_optimizer, agent.actor)):
+        decayed = {id(p) for group in optimizer.param_groups if group["weight_decay"] > 0 for p in group["params"]}
+        assert decayed == {id(m.weight) for m in network.modules() if isinstance(m, nn.Linear)}
+    assert any(group["params"] == [agent.log_alpha] and group["weight_decay"] == 0
+               for group in agent.actor_optimizer.param_groups)
 
 
 def test_bro_resets_networks_and_optimisers_but_keeps_the_replay_buffer():
@@ -214,3 +260,19 @@ def test_bro_resets_networks_and_optimisers_but_keeps_the_replay_buffer():
     assert agent.critic is not critic_before and not agent.q_optimizer.state and not agent.actor_optimizer.state
     assert float(agent.log_alpha.detach()) == 0.0 and agent.buffer.size == stored
     assert all(int(m.steps) == 0 for m in agent.critic.modules() if isinstance(m, BatchRenorm))
+    assert_only_linear_weights_decay(agent)
+
+
+def test_cem_rejects_more_elites_than_candidates():
+    from lab import UsageError
+    with pytest.raises(UsageError, match="elites"):
+        make_agent("crossq_cem", *pendulum_like(), settings={"population": 8, "elites": 9})
+
+
+@pytest.mark.parametrize("agent_name", ["crossq", "sac_crossq_bro", "crossq_cem"])
+@pytest.mark.parametrize("setting", [{"batch_size": 1}, {"bn_r_max": 0.5}, {"adam_beta1": 1.0}])
+def test_the_batch_renorm_recipe_rejects_values_that_would_fail_later(agent_name, setting):
+    from lab import UsageError
+    name = next(iter(setting))
+    with pytest.raises(UsageError, match=name):
+        make_agent(agent_name, *pendulum_like(), settings=setting)
