@@ -7,7 +7,10 @@ import importlib
 import gymnasium as gym
 
 from agents import closest
+from envs import torch_envs
 from lab import UsageError
+
+torch_envs.register()  # the batched torch environments, selectable by name like any other
 
 # Default training budget (environment steps) per environment: what a full run of a typical agent needs to
 # get close to its plateau. The runners use it when --steps is not given.
@@ -30,6 +33,8 @@ DEFAULT_STEPS = {
     "InvertedDoublePendulum-v5": 300_000,
     "Reacher-v5": 200_000,
     "Pusher-v5": 500_000,
+    "TorchPendulum-v0": 20_000,
+    "TorchCartPoleContinuous-v0": 100_000,
 }
 FALLBACK_STEPS = 100_000
 

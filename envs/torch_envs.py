@@ -15,6 +15,7 @@ float32 rounding over whole episodes; observations are float32.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import gymnasium as gym
@@ -27,10 +28,9 @@ class TorchVectorEnv(gym.vector.VectorEnv):
     A subclass defines `initial_state(n)`, `observe()` and `advance(actions) -> (reward, terminated)`."""
 
     metadata = {"autoreset_mode": gym.vector.AutoresetMode.DISABLED}
-    max_episode_steps: int
 
-    def __init__(self, single_observation_space, single_action_space, num_envs: int = 1, device="cpu"):
-        self.num_envs, self.device = num_envs, torch.device(device)
+    def __init__(self, single_observation_space, single_action_space, num_envs: int, device, max_episode_steps: int):
+        self.num_envs, self.device, self.max_episode_steps = num_envs, torch.device(device), max_episode_steps
         self.single_observation_space, self.single_action_space = single_observation_space, single_action_space
         self.observation_space = gym.vector.utils.batch_space(single_observation_space, num_envs)
         self.action_space = gym.vector.utils.batch_space(single_action_space, num_envs)
@@ -79,13 +79,13 @@ class TorchPendulum(TorchVectorEnv):
     """Pendulum-v1: state (theta, theta_dot), observation (cos theta, sin theta, theta_dot), torque in [-2, 2],
     reward -(angle^2 + 0.1 theta_dot^2 + 0.001 u^2), never terminates, truncated after 200 steps."""
 
-    max_episode_steps = 200
     MAX_SPEED, MAX_TORQUE, DT, G, M, L = 8.0, 2.0, 0.05, 10.0, 1.0, 1.0
 
-    def __init__(self, num_envs: int = 1, device="cpu"):
+    def __init__(self, num_envs: int = 1, device="cpu", max_episode_steps: int = 200):
         high = np.array([1.0, 1.0, self.MAX_SPEED], dtype=np.float32)
         super().__init__(gym.spaces.Box(-high, high, dtype=np.float32),
-                         gym.spaces.Box(-self.MAX_TORQUE, self.MAX_TORQUE, (1,), dtype=np.float32), num_envs, device)
+                         gym.spaces.Box(-self.MAX_TORQUE, self.MAX_TORQUE, (1,), dtype=np.float32), num_envs, device,
+                         max_episode_steps)
 
     def initial_state(self, n):
         return self.uniform(n, [-math.pi, -1.0], [math.pi, 1.0])
@@ -108,14 +108,13 @@ class TorchPendulum(TorchVectorEnv):
 class TorchCartPoleContinuous(TorchVectorEnv):
     """CartPole-v1 with a continuous force: state (x, x_dot, theta, theta_dot), action a in [-1, 1]."""
 
-    max_episode_steps = 500
     GRAVITY, MASS_CART, MASS_POLE, LENGTH, FORCE_MAG, TAU = 9.8, 1.0, 0.1, 0.5, 10.0, 0.02
     THETA_THRESHOLD, X_THRESHOLD = 12 * 2 * math.pi / 360, 2.4
 
-    def __init__(self, num_envs: int = 1, device="cpu"):
+    def __init__(self, num_envs: int = 1, device="cpu", max_episode_steps: int = 500):
         high = np.array([self.X_THRESHOLD * 2, np.inf, self.THETA_THRESHOLD * 2, np.inf], dtype=np.float32)
         super().__init__(gym.spaces.Box(-high, high, dtype=np.float32),
-                         gym.spaces.Box(-1.0, 1.0, (1,), dtype=np.float32), num_envs, device)
+                         gym.spaces.Box(-1.0, 1.0, (1,), dtype=np.float32), num_envs, device, max_episode_steps)
 
     def initial_state(self, n):
         return self.uniform(n, [-0.05] * 4, [0.05] * 4)
@@ -138,3 +137,32 @@ class TorchCartPoleContinuous(TorchVectorEnv):
         self.state = torch.stack([x, x_dot, theta, theta_dot], dim=-1)
         terminated = (x.abs() > self.X_THRESHOLD) | (theta.abs() > self.THETA_THRESHOLD)
         return torch.ones(self.num_envs, dtype=torch.float64, device=self.device), terminated
+
+
+class SingleTorchEnv(gym.Env):
+    """One copy of a batched torch environment on the CPU, as a plain numpy Gymnasium environment: what
+    `gym.make` returns for these ids (evaluation uses it). Its time limit comes from gym.make's TimeLimit."""
+
+    def __init__(self, vector_class, render_mode=None):
+        self.vector = vector_class(num_envs=1, device="cpu", max_episode_steps=2**62)
+        self.observation_space = self.vector.single_observation_space
+        self.action_space = self.vector.single_action_space
+
+    def reset(self, *, seed=None, options=None):
+        obs, info = self.vector.reset(seed=seed)
+        return obs[0].numpy(), info
+
+    def step(self, action):
+        obs, reward, terminated, _, info = self.vector.step(torch.as_tensor(action).reshape(1, -1))
+        return obs[0].numpy(), float(reward[0]), bool(terminated[0]), False, info
+
+
+# Environment id -> (batched class, time limit): registered with Gymnasium by envs/__init__.py.
+TORCH_ENVS = {"TorchPendulum-v0": (TorchPendulum, 200), "TorchCartPoleContinuous-v0": (TorchCartPoleContinuous, 500)}
+
+
+def register() -> None:
+    for env_id, (vector_class, limit) in TORCH_ENVS.items():
+        if env_id not in gym.registry:
+            gym.register(env_id, entry_point=functools.partial(SingleTorchEnv, vector_class),
+                         vector_entry_point=vector_class, max_episode_steps=limit)

@@ -90,3 +90,19 @@ def test_vector_interface_resets_only_masked_envs_and_limits_time(make):
         *_, truncated, _ = env.step(zero)
         truncations.append(truncated)
     assert bool(truncations[-1][0]) and not bool(truncations[-1][1])  # env 1 restarted 3 steps later
+
+
+def test_torch_envs_are_selectable_by_name_single_and_batched():
+    from envs import make_env, resolve_envs
+    assert resolve_envs(["TorchPendulum-v0"]) == {"TorchPendulum-v0": 20_000}
+    single = make_env("TorchPendulum-v0")
+    obs, _ = single.reset(seed=0)
+    assert isinstance(obs, np.ndarray) and obs.shape == (3,)
+    steps, truncated = 0, False
+    while not truncated:
+        obs, reward, terminated, truncated, _ = single.step(np.zeros(1, np.float32))
+        steps += 1
+    assert steps == 200 and isinstance(reward, float) and not terminated
+    batched = gym.make_vec("TorchCartPoleContinuous-v0", num_envs=5, vectorization_mode="vector_entry_point")
+    obs, _ = batched.reset(seed=0)
+    assert isinstance(batched, TorchCartPoleContinuous) and obs.shape == (5, 4) and batched.max_episode_steps == 500
