@@ -78,6 +78,13 @@ def registered(name: str) -> bool:
     return env_id in gym.registry
 
 
+def has_vector_entry_point(name: str) -> bool:
+    """Whether `name` registers its own (batched) vector environment, as the torch environments do."""
+    if not registered(name):
+        return False
+    return gym.registry[name.rpartition(":")[2]].vector_entry_point is not None
+
+
 def make_env(env_id: str, **kwargs) -> gym.Env:
     """One environment instance. Observations must be a flat Box: the agents are MLPs."""
     try:

@@ -1,14 +1,19 @@
 """The one rollout loop: train one agent on one environment for one seed, evaluate it, log it, checkpoint it.
 
 Every runner calls `train(spec)`; they differ only in how they schedule calls (processes, trials, vectorised
-environments). The environments are a Gymnasium vector environment with autoreset disabled: the loop resets
-finished sub-environments itself, so the observation an agent is given as `next_obs` is always the true one
-that followed its action, and a reset's observation only ever reaches `act`.
+environments). The environments are a vector environment with autoreset disabled: the loop resets finished
+sub-environments itself, so the observation an agent is given as `next_obs` is always the true one that
+followed its action, and a reset's observation only ever reaches `act`.
+
+Data stays on the agent's device: a Gymnasium (numpy) vector environment's observations, rewards and flags
+cross to it once per step, its actions back once; a batched torch environment (envs/torch_envs.py) steps on
+the device itself and nothing crosses. Episode returns are gathered on the device and read on logging steps.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -21,7 +26,8 @@ import numpy as np
 import torch
 
 from agents import make_agent, split_preset
-from envs import make_env
+from envs import has_vector_entry_point, make_env
+from envs.torch_envs import TorchVectorEnv
 
 EVAL_SEED_OFFSET = 1_000_003  # evaluation episodes use seeds disjoint from training ones (and across runs)
 CHECKPOINT = "checkpoint.pt"
@@ -37,7 +43,8 @@ class RunSpec:
     settings: dict = dataclasses.field(default_factory=dict)  # hyperparameter overrides by name
     run_dir: str | None = None  # this run's directory (logs, checkpoint, result); None: write nothing
     device: str = "cpu"
-    num_envs: int = 1
+    num_envs: int = 1  # copies of the environment stepped as one vector environment
+    vectorisation: str = "sync"  # Gymnasium environments in this process ('sync') or one process each ('async')
     log: bool = True  # TensorBoard events in run_dir
     log_every: int = 1_000  # steps between reads of the agent's metrics (each read waits for the device)
     eval_every: int = 0  # steps between evaluations; 0: only the final one
@@ -55,9 +62,27 @@ class TrainingDiverged(RuntimeError):
     """An agent's loss or metric became NaN or infinite."""
 
 
-def make_vector_env(env_id: str, num_envs: int) -> gym.vector.VectorEnv:
-    return gym.vector.SyncVectorEnv([lambda: make_env(env_id)] * num_envs,
-                                    autoreset_mode=gym.vector.AutoresetMode.DISABLED)
+def make_vector_env(env_id: str, num_envs: int, device, vectorisation: str = "sync") -> gym.vector.VectorEnv:
+    """A batched torch environment on `device` when `env_id` has one, else `num_envs` Gymnasium copies."""
+    if has_vector_entry_point(env_id):
+        return gym.make_vec(env_id, num_envs=num_envs, vectorization_mode="vector_entry_point", device=device)
+    vector_class = gym.vector.AsyncVectorEnv if vectorisation == "async" else gym.vector.SyncVectorEnv
+    return vector_class([functools.partial(make_env, env_id)] * num_envs,
+                        autoreset_mode=gym.vector.AutoresetMode.DISABLED)
+
+
+def env_rng_state(envs) -> list:
+    """The environments' random streams (what their next resets draw from), for a checkpoint."""
+    if isinstance(envs, TorchVectorEnv):
+        return [envs.generator.get_state()]
+    return envs.get_attr("np_random")
+
+
+def load_env_rng_state(envs, state: list) -> None:
+    if isinstance(envs, TorchVectorEnv):
+        envs.generator.set_state(state[0])
+    else:
+        envs.set_attr("np_random", state)
 
 
 def evaluate(agent, env: gym.Env, episodes: int, seed: int, device) -> float:
@@ -87,6 +112,33 @@ def check_finite(metrics: dict[str, float], step: int, spec: RunSpec) -> None:
                                    f"(try a lower learning rate)")
 
 
+class EpisodeLog:
+    """Returns and lengths of the episodes that end, gathered on the device and read only when asked."""
+
+    def __init__(self, num_envs: int, device):
+        self.episode_return = torch.zeros(num_envs, dtype=torch.float64, device=device)
+        self.episode_length = torch.zeros(num_envs, dtype=torch.long, device=device)
+        self.ended: list[tuple[int, torch.Tensor, torch.Tensor, torch.Tensor]] = []
+
+    def add(self, step: int, reward: torch.Tensor, done: torch.Tensor) -> None:
+        self.episode_return += reward
+        self.episode_length += 1
+        self.ended.append((step, done, self.episode_return.clone(), self.episode_length.clone()))
+        self.episode_return = torch.where(done, 0.0, self.episode_return)
+        self.episode_length = torch.where(done, 0, self.episode_length)
+
+    def read(self) -> list[tuple[int, float, int]]:
+        """(step, return, length) of every episode that ended since the last read: one host read in all."""
+        if not self.ended:
+            return []
+        steps = [step for step, *_ in self.ended]
+        done, returns, lengths = (torch.stack(column).cpu() for column in list(zip(*self.ended))[1:])
+        self.ended = []
+        rows, columns = done.nonzero(as_tuple=True)
+        return [(steps[row], float(returns[row, column]), int(lengths[row, column]))
+                for row, column in zip(rows.tolist(), columns.tolist())]
+
+
 def train(spec: RunSpec, on_eval: Callable[[int, float], bool] | None = None) -> dict:
     """Train, evaluate and log one run; return its result record. `on_eval(step, mean_return)` is called after
     each evaluation, and training stops early (the record says `stopped_at`) when it returns False."""
@@ -94,7 +146,8 @@ def train(spec: RunSpec, on_eval: Callable[[int, float], bool] | None = None) ->
     run_dir = Path(spec.run_dir) if spec.run_dir else None
     if run_dir is not None:
         run_dir.mkdir(parents=True, exist_ok=True)
-    envs = make_vector_env(spec.env, spec.num_envs)
+    envs = make_vector_env(spec.env, spec.num_envs, device, spec.vectorisation)
+    on_device = isinstance(envs, TorchVectorEnv)
     eval_env = make_env(spec.env)
     agent = make_agent(spec.agent, envs.single_observation_space, envs.single_action_space, num_envs=spec.num_envs,
                        device=device, seed=spec.seed, total_steps=spec.steps, settings=spec.settings)
@@ -108,8 +161,7 @@ def train(spec: RunSpec, on_eval: Callable[[int, float], bool] | None = None) ->
         checkpoint = torch.load(checkpoint_path, map_location=device, weights_only=False)
         agent.load_state_dict(checkpoint["agent"])
         state = checkpoint["state"]
-        for sub_env, rng in zip(envs.envs, checkpoint["env_rng"]):
-            sub_env.unwrapped.np_random.bit_generator.state = rng
+        load_env_rng_state(envs, checkpoint["env_rng"])
         obs, _ = envs.reset()  # the reset the checkpoint was taken just before
     else:
         obs, _ = envs.reset(seed=spec.seed * spec.num_envs)  # sub-env i gets seed + i: no two runs share one
@@ -125,13 +177,19 @@ def train(spec: RunSpec, on_eval: Callable[[int, float], bool] | None = None) ->
     def to_device(array, dtype=torch.float32):
         return torch.as_tensor(array, dtype=dtype, device=device)
 
+    def record_episodes() -> None:
+        for episode in episodes.read():
+            state["episodes"].append(episode)
+            if writer:
+                writer.add_scalar("charts/episodic_return", episode[1], episode[0])
+                writer.add_scalar("charts/episodic_length", episode[2], episode[0])
+
     step = state["step"]
     eval_every = spec.eval_every or spec.steps
     last_eval = state["evaluations"][-1][0] if state["evaluations"] else 0
     next_eval = (last_eval // eval_every + 1) * eval_every
-    next_checkpoint = step + spec.checkpoint_every if spec.checkpoint_every else math.inf
-    episode_return = np.zeros(spec.num_envs)
-    episode_length = np.zeros(spec.num_envs, dtype=np.int64)
+    next_checkpoint = step + spec.checkpoint_every if spec.checkpoint_every and checkpoint_path else math.inf
+    episodes = EpisodeLog(spec.num_envs, device)
     stopped_at = None
     started, step_at_start = time.perf_counter(), step
     obs_t = to_device(obs)
@@ -139,22 +197,24 @@ def train(spec: RunSpec, on_eval: Callable[[int, float], bool] | None = None) ->
     try:
         while step < spec.steps:
             action = agent.act(obs_t)
-            next_obs, reward, terminated, truncated, _ = envs.step(action.cpu().numpy())
-            agent.observe(to_device(next_obs), to_device(reward), to_device(terminated, torch.bool),
-                          to_device(truncated, torch.bool))
-            metrics = agent.update() or metrics
+            if on_device:
+                next_obs, reward, terminated, truncated, _ = envs.step(action)
+            else:
+                next_obs, reward, terminated, truncated, _ = envs.step(action.cpu().numpy())
+                done_host = terminated | truncated
+                next_obs, reward = to_device(next_obs), to_device(reward)
+                terminated, truncated = to_device(terminated, torch.bool), to_device(truncated, torch.bool)
             step += spec.num_envs
-            episode_return += reward
-            episode_length += 1
+            checkpointing = step >= next_checkpoint
+            if checkpointing:  # a checkpoint ends every episode as a time limit would: then all restart together
+                truncated = torch.ones_like(truncated)
+            agent.observe(next_obs, reward, terminated, truncated)
+            metrics = agent.update() or metrics
             done = terminated | truncated
-            for index in np.flatnonzero(done):
-                state["episodes"].append((step, float(episode_return[index]), int(episode_length[index])))
-                if writer:
-                    writer.add_scalar("charts/episodic_return", episode_return[index], step)
-                    writer.add_scalar("charts/episodic_length", episode_length[index], step)
-            episode_return[done], episode_length[done] = 0.0, 0
+            episodes.add(step, reward, done)
 
             if step % spec.log_every < spec.num_envs or step >= spec.steps:
+                record_episodes()
                 if metrics is not None:
                     values = {key: float(value) for key, value in {**metrics, **agent.diagnostics()}.items()}
                     check_finite(values, step, spec)
@@ -167,6 +227,7 @@ def train(spec: RunSpec, on_eval: Callable[[int, float], bool] | None = None) ->
                                       step)
             if step >= next_eval or step >= spec.steps:
                 next_eval += eval_every
+                record_episodes()
                 eval_seed = EVAL_SEED_OFFSET + spec.seed * spec.eval_episodes
                 mean_return = evaluate(agent, eval_env, spec.eval_episodes, eval_seed, device)
                 state["evaluations"].append((step, mean_return))
@@ -182,17 +243,22 @@ def train(spec: RunSpec, on_eval: Callable[[int, float], bool] | None = None) ->
                     stopped_at = step
                     break
 
-            if done.any():
-                if step >= next_checkpoint and done.all() and checkpoint_path is not None:
-                    # Before the reset: the reset draws from the envs' RNG, which the checkpoint holds.
-                    state["step"], state["wall_s"] = step, state["wall_s"] + time.perf_counter() - started
-                    started, step_at_start = time.perf_counter(), step
-                    if writer:
-                        writer.flush()  # every event up to the checkpoint is on disk before it is
-                    save_checkpoint(checkpoint_path, agent, state, envs)
-                    next_checkpoint = step + spec.checkpoint_every
+            if checkpointing and step < spec.steps:
+                # Before the reset: the reset draws from the envs' RNG, which the checkpoint holds.
+                record_episodes()
+                state["step"], state["wall_s"] = step, state["wall_s"] + time.perf_counter() - started
+                started, step_at_start = time.perf_counter(), step
+                if writer:
+                    writer.flush()  # every event up to the checkpoint is on disk before it is
+                save_checkpoint(checkpoint_path, agent, state, envs)
+                next_checkpoint = step + spec.checkpoint_every
+            if on_device:  # the mask is applied on the device: no host read of `done`
                 next_obs, _ = envs.reset(options={"reset_mask": done})
-            obs_t = to_device(next_obs)
+            elif done_host.any() or checkpointing:
+                reset_obs, _ = envs.reset(options={"reset_mask": done_host | checkpointing})
+                next_obs = to_device(reset_obs)
+            obs_t = next_obs
+        record_episodes()
     except BaseException:
         if writer:
             writer.close()  # an interrupted or crashed run still leaves readable events
@@ -226,8 +292,7 @@ def train(spec: RunSpec, on_eval: Callable[[int, float], bool] | None = None) ->
 
 def save_checkpoint(path: Path, agent, state: dict, envs) -> None:
     """A plain dict with everything needed to continue exactly, written atomically."""
-    checkpoint = {"agent": agent.state_dict(), "state": state,
-                  "env_rng": [sub_env.unwrapped.np_random.bit_generator.state for sub_env in envs.envs]}
+    checkpoint = {"agent": agent.state_dict(), "state": state, "env_rng": env_rng_state(envs)}
     temporary = path.with_suffix(".tmp")
     torch.save(checkpoint, temporary)
     os.replace(temporary, path)

@@ -95,17 +95,26 @@ def test_same_seed_same_record():
     assert without_timing(train(spec)) == without_timing(train(spec))
 
 
-@pytest.mark.parametrize("agent,settings", [("sac_baseline", {"learning_starts": 200, "hidden_size": 32}),
-                                            ("ppo_baseline", {"num_steps": 128, "num_minibatches": 4})])
-def test_resume_from_checkpoint_continues_exactly(tmp_path, agent, settings):
-    common = dict(agent=agent, env="Pendulum-v1", seed=1, steps=1000, eval_every=200, eval_episodes=2,
-                  settings=settings, checkpoint_every=300)
+SAC_SMALL = {"learning_starts": 200, "hidden_size": 32}
+
+
+@pytest.mark.parametrize("agent,settings,env,num_envs,vectorisation", [
+    ("sac_baseline", SAC_SMALL, "Pendulum-v1", 1, "sync"),
+    ("ppo_baseline", {"num_steps": 128, "num_minibatches": 4}, "Pendulum-v1", 1, "sync"),
+    ("sac_baseline", SAC_SMALL, "Pendulum-v1", 3, "async"),
+    ("ppo_baseline", {"num_steps": 32, "num_minibatches": 4}, "TorchPendulum-v0", 4, "sync"),
+])
+def test_resume_from_checkpoint_continues_exactly(tmp_path, agent, settings, env, num_envs, vectorisation):
+    common = dict(agent=agent, env=env, seed=1, steps=1000, eval_every=200, eval_episodes=2, settings=settings,
+                  checkpoint_every=300, num_envs=num_envs, vectorisation=vectorisation)
     uninterrupted = train(quiet(run_dir=str(tmp_path / "a"), **common))
-    # Stop after the evaluation at step 600; the last checkpoint is at the episode end at step 400.
+    # Stop after the third evaluation (step 600, or 603 with 3 envs); the last checkpoint is at step 300,
+    # where every episode was cut as by a time limit, in both runs alike.
+    evaluations = []
     spec = quiet(run_dir=str(tmp_path / "b"), **common)
-    stopped = train(spec, on_eval=lambda step, _: step < 600)
-    assert stopped["stopped_at"] == 600
-    assert torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=False)["state"]["step"] == 400
+    stopped = train(spec, on_eval=lambda step, _: evaluations.append(step) or len(evaluations) < 3)
+    assert stopped["stopped_at"] == evaluations[-1] >= 600
+    assert torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=False)["state"]["step"] == 300
     resumed = train(dataclasses.replace(spec, resume=True))
     assert without_timing(resumed) == without_timing(uninterrupted)
 
