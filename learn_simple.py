@@ -16,17 +16,12 @@ import os
 import signal
 import sys
 import time
-import traceback
 from multiprocessing.connection import wait
 from pathlib import Path
 
-from lab import UsageError
-from lab.cli import CONFIG, ArgumentParser, add_run_arguments, exit_on_usage_error, listing, plan_runs, positive_int
-from lab.results import aggregate, format_table
-from lab.rollout import RESULT, RunSpec, TrainingDiverged, train, write_json
-
-ERROR = "error.txt"
-INTERRUPTED = 130
+from lab.cli import ArgumentParser, add_run_arguments, exit_on_usage_error, listing, positive_int
+from lab.rollout import RESULT, RunSpec, train
+from lab.runner import ERROR, INTERRUPTED, report_failure, run_plan, write_failure
 
 
 def interrupt_once(signum, frame):
@@ -50,8 +45,7 @@ def worker(spec: RunSpec, threads: int, cpus: list[int] | None) -> None:
     except KeyboardInterrupt:
         sys.exit(INTERRUPTED)
     except BaseException as error:
-        detail = str(error) if isinstance(error, (TrainingDiverged, UsageError)) else traceback.format_exc()
-        (run_dir / ERROR).write_text(f"{type(error).__name__}: {error}\n\n{detail}")
+        write_failure(spec, error)
         sys.exit(1)
 
 
@@ -111,12 +105,7 @@ def collect(process, spec: RunSpec) -> dict:
         return {"agent": spec.agent, "env": spec.env, "seed": spec.seed, "error": "interrupted"}
     else:
         error = f"worker died with exit code {process.exitcode} (killed by a signal or out of memory?)"
-    print(f"[{spec.label}] FAILED: {error} (details: {run_dir / ERROR})", file=sys.stderr, flush=True)
-    return {"agent": spec.agent, "env": spec.env, "seed": spec.seed, "error": error}
-
-
-def stop_on_sigterm(signum, frame):
-    raise KeyboardInterrupt  # a kill or a scheduler's timeout stops the runs as Ctrl-C does
+    return report_failure(spec, error)
 
 
 def main() -> int:
@@ -128,39 +117,8 @@ def main() -> int:
     if args.list:
         print(listing())
         return 0
-    run_root, specs, config = plan_runs(args, parser)
-    # Explicitly: a job started in the background by a shell inherits SIGINT ignored, and would not stop.
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    signal.signal(signal.SIGTERM, stop_on_sigterm)
-    run_root.mkdir(parents=True, exist_ok=True)
-    if not args.resume:
-        write_json(run_root / CONFIG, config)
-
-    done = [spec for spec in specs if (Path(spec.run_dir) / RESULT).exists()]
-    todo = [spec for spec in specs if spec not in done]
-    for spec in todo:  # a failure from an earlier attempt must not be reported again
-        (Path(spec.run_dir) / ERROR).unlink(missing_ok=True)
-    print(f"{len(todo)} runs ({len(done)} already finished) with up to {args.workers} workers; logs in {run_root}",
-          flush=True)
-    started = time.perf_counter()
-    records, failures, interrupted = schedule(todo, args.workers)
-    records = [json.loads((Path(spec.run_dir) / RESULT).read_text()) for spec in done] + records
-
-    expected = {}
-    for spec in specs:
-        expected[spec.agent, spec.env] = expected.get((spec.agent, spec.env), 0) + 1
-    summary = aggregate(records, expected)
-    write_json(run_root / "results.json", {"run": run_root.name, "config": config, "records": records,
-                                           "aggregates": summary, "failures": failures,
-                                           "interrupted": interrupted})
-    print()
-    print(format_table(summary))
-    print(f"\n{len(records)} runs finished, {len(failures)} failed or interrupted, "
-          f"{time.perf_counter() - started:.0f} s; results: {run_root / 'results.json'}")
-    if interrupted:
-        print(f"interrupted: continue with  python learn_simple.py --resume {run_root}", file=sys.stderr)
-        return INTERRUPTED
-    return 1 if failures else 0
+    return run_plan(args, parser, lambda specs: schedule(specs, args.workers),
+                    f"with up to {args.workers} workers")
 
 
 if __name__ == "__main__":

@@ -46,7 +46,7 @@ def quick_check_agents() -> list[str]:
     return [f"{name}:quick" if "quick" in agent_module(name).PRESETS else name for name in AGENTS]
 
 
-def add_run_arguments(parser: argparse.ArgumentParser) -> None:
+def add_run_arguments(parser: argparse.ArgumentParser, device: str = "cpu") -> None:
     parser.add_argument("--agent", nargs="+", default=quick_check_agents(), metavar="AGENT",
                         help=f"agents to train, optionally with a preset (name:preset); "
                              f"default: all, as the quick check ({', '.join(quick_check_agents())})")
@@ -55,7 +55,7 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seeds", type=positive_int, default=1, help="seeds per environment: 0 .. N-1 (default 1)")
     parser.add_argument("--steps", type=positive_int, default=None,
                         help="environment steps per run (default: each environment's budget)")
-    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default cpu)")
+    parser.add_argument("--device", default=device, help=f"cpu, cuda, cuda:N or auto (default {device})")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a hyperparameter (repeatable); checked against every agent's dataclass")
     parser.add_argument("--name", default=None, help="run name: logs go to runs/NAME (default: a timestamp)")
@@ -67,7 +67,8 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
                         help="steps between evaluations (default: a tenth of the budget; 0: only at the end)")
     parser.add_argument("--eval-episodes", type=positive_int, default=10, help="episodes per evaluation (default 10)")
     parser.add_argument("--checkpoint-every", type=non_negative_int, default=50_000,
-                        help="steps between checkpoints, taken at the next episode end (default 50000; 0: none)")
+                        help="steps between checkpoints; each ends the current episodes as a time limit would "
+                             "(default 50000; 0: none)")
     parser.add_argument("--resume", default=None, metavar="RUN",
                         help="continue runs/RUN (or a run directory): finished runs are kept, the others continue "
                              "from their checkpoints; the run's stored options are used")
@@ -114,7 +115,8 @@ def plan_runs(args, parser, runs_root: Path = RUNS) -> tuple[Path, list[RunSpec]
               "seeds": args.seeds, "device": device, "settings": settings,
               "log": args.log, "log_every": args.log_every,
               "eval_every": args.eval_every, "eval_episodes": args.eval_episodes,
-              "checkpoint_every": args.checkpoint_every, "command": sys.argv}
+              "checkpoint_every": args.checkpoint_every, "num_envs": getattr(args, "num_envs", 1),
+              "vectorisation": getattr(args, "vectorisation", "sync"), "command": sys.argv}
     return run_root, specs_from_config(run_root, config, resume=False), config
 
 
@@ -129,17 +131,19 @@ def specs_from_config(run_root: Path, config: dict, resume: bool) -> list[RunSpe
                     run_dir=str(run_root / run_dir_name(agent) / env_id / f"seed_{seed}"), device=config["device"],
                     log=config["log"], log_every=config["log_every"], eval_every=eval_every,
                     eval_episodes=config["eval_episodes"],
-                    checkpoint_every=config["checkpoint_every"], resume=resume))
+                    checkpoint_every=config["checkpoint_every"], num_envs=config.get("num_envs", 1),
+                    vectorisation=config.get("vectorisation", "sync"), resume=resume))
     return specs
 
 
 # Options that define the runs: a resumed run keeps those it was started with.
 RUN_OPTIONS = ("agent", "envs", "seeds", "steps", "device", "set", "name", "log", "log_every", "eval_every",
-               "eval_episodes", "checkpoint_every")
+               "eval_episodes", "checkpoint_every", "num_envs", "vectorisation")
 
 
 def resume_plan(args, parser, runs_root: Path) -> tuple[Path, list[RunSpec], dict]:
-    given = [f"--{key.replace('_', '-')}" for key in RUN_OPTIONS if getattr(args, key) != parser.get_default(key)]
+    given = [f"--{key.replace('_', '-')}" for key in RUN_OPTIONS
+             if hasattr(args, key) and getattr(args, key) != parser.get_default(key)]
     if given:
         raise UsageError(f"--resume continues a run with the options it was started with; drop {', '.join(given)}")
     run_root = Path(args.resume)

@@ -34,7 +34,8 @@ def stored_transitions(agent_name, agent):
         size = agent.buffer.size
         return agent.buffer.next_obs[:size, 0], agent.buffer.terminated[:size].bool(), None
     rollout = agent.rollout  # ppo_baseline, with norm_obs off so observations are stored as they came
-    return rollout["next_obs"][:, 0, 0], rollout["terminated"][:, 0], rollout["truncated"][:, 0]
+    return (rollout["next_obs"][..., 0].flatten(), rollout["terminated"].flatten(),
+            rollout["truncated"].flatten())
 
 
 STORING = {"sac_baseline": {"learning_starts": 1000}, "ppo_baseline": {"num_steps": 40, "norm_obs": False}}
@@ -42,18 +43,26 @@ STORING = {"sac_baseline": {"learning_starts": 1000}, "ppo_baseline": {"num_step
 
 @pytest.mark.parametrize("agent", list(STORING))
 @pytest.mark.parametrize("env,final_t", [(COUNT, 5), (TERMINATE, 3)])
-def test_agents_see_the_true_final_observation_and_only_real_terminations(monkeypatch, agent, env, final_t):
+@pytest.mark.parametrize("num_envs,vectorisation", [(1, "sync"), (3, "sync"), (3, "async")])
+def test_agents_see_the_true_final_observation_and_only_real_terminations(monkeypatch, agent, env, final_t,
+                                                                          num_envs, vectorisation):
+    """Gymnasium's vector environments would, by default, return a reset step after each episode's end: here no
+    such step reaches a replay buffer or a rollout, and a time limit's last transition keeps its observation."""
     made = capture_agent(monkeypatch)
-    # 39 steps: PPO's rollout of 40 is not yet consumed by an update, so what it stored is still there.
-    train(quiet(agent=agent, env=env, seed=0, steps=39, eval_episodes=1, settings=STORING[agent]))
+    # 39 steps per env: PPO's rollout of 40 is not yet consumed by an update, so what it stored is still there.
+    train(quiet(agent=agent, env=env, seed=0, steps=39 * num_envs, eval_episodes=1, settings=STORING[agent],
+                num_envs=num_envs, vectorisation=vectorisation))
     next_t, terminated, truncated = stored_transitions(agent, made[0])
-    next_t, terminated = next_t[:39], terminated[:39]
+    if agent == "ppo_baseline":  # [40, num_envs] slots, the last row not filled yet
+        keep = torch.arange(40 * num_envs) < 39 * num_envs
+        next_t, terminated, truncated = next_t[keep], terminated[keep], truncated[keep]
     ends = next_t == final_t
-    assert int(ends.sum()) == 39 // final_t  # every episode's last transition, with its true last observation
+    assert next_t.numel() == 39 * num_envs
+    assert int(ends.sum()) == num_envs * (39 // final_t)  # every episode's last transition, true last observation
     assert not torch.any(next_t == 0)  # a reset observation never stands in for a next observation
     assert torch.equal(terminated, ends if env == TERMINATE else torch.zeros_like(ends))
     if truncated is not None:
-        assert torch.equal(truncated[:39], ends if env == COUNT else torch.zeros_like(ends))
+        assert torch.equal(truncated, ends if env == COUNT else torch.zeros_like(ends))
 
 
 # Reward 1 per step, gamma 0.9. Bootstrapping through the time limit of Count-v0 makes every state worth
