@@ -69,7 +69,7 @@ class Hyperparameters(HyperparametersBase):
 
 PRESETS: dict[str, dict] = {
     # The quick check's: every code path at a small fraction of the arithmetic.
-    "quick": {"critic_hidden": 64, "batch_size": 128},
+    "quick": {"critic_hidden": 64, "batch_size": 128, "population": 16, "elites": 2},
 }
 
 

@@ -56,6 +56,8 @@ class Hyperparameters(HyperparametersBase):
 PRESETS: dict[str, dict] = {
     "droq": {"dropout": 0.01, "layer_norm": True, "replay_ratio": 20.0, "policy_frequency": 20,
              "policy_catch_up": False},
+    # The quick check's: every code path, at a sixteenth of the matrix arithmetic.
+    "quick": {"hidden_size": 64},
 }
 
 LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0

@@ -59,7 +59,7 @@ class Hyperparameters(crossq.Hyperparameters):
 
 PRESETS: dict[str, dict] = {
     # The quick check's: every code path at a small fraction of the arithmetic.
-    "quick": {"critic_hidden": 64, "critic_blocks": 1, "actor_hidden": 64},
+    "quick": {"critic_hidden": 64, "critic_blocks": 1, "actor_hidden": 64, "replay_ratio": 1.0},
 }
 
 
