@@ -240,6 +240,7 @@ class OffPolicyAgent:
         self.update_credit = 0.0  # gradient updates owed under replay_ratio, carried over between calls
         self.last_obs = self.last_action = None
         self.checkpointed: dict = {}
+        self.compile_mode: str | None = None
 
     def act(self, obs: torch.Tensor, explore: bool = True) -> torch.Tensor:
         with torch.inference_mode():
@@ -274,6 +275,20 @@ class OffPolicyAgent:
             self.update_credit -= 1
             metrics = self.gradient_step()
         return metrics
+
+    def compile(self, mode: str = "default") -> None:
+        """torch.compile the networks: their forward passes, and in the update their backward passes too.
+        mode 'reduce-overhead' also captures them as CUDA graphs (on CUDA). Networks built later (a reset)
+        are compiled by `compile_networks`."""
+        self.compile_mode = mode
+        self.compile_networks()
+
+    def compile_networks(self) -> None:
+        if self.compile_mode is None:
+            return
+        for item in self.checkpointed.values():
+            if isinstance(item, nn.Module):
+                item.compile(mode=self.compile_mode, dynamic=False)
 
     def diagnostics(self) -> dict[str, torch.Tensor]:
         obs, actions = self.buffer.recent(self.h.batch_size)

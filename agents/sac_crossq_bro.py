@@ -123,5 +123,6 @@ class Agent(crossq.Agent):
             with torch.random.fork_rng(devices=[]):  # the networks are built on the CPU, then moved
                 torch.default_generator.manual_seed(self.seed * 1_000_003 + self.critic_updates)
                 self.build_learner()
+            self.compile_networks()
             self.actor_metrics = {}
         return metrics

@@ -3,11 +3,15 @@
     python benchmarks/throughput.py                  # all contenders, 3 interleaved repeats
     python benchmarks/throughput.py --only sac --repeats 1
     python benchmarks/throughput.py --only agents --repeats 1   # every lab agent with its defaults
+    python benchmarks/throughput.py --only vectorised           # PPO on 16 environments vs on one
 
 Each measurement is a fresh process pinned to one core with one torch thread (as a learn_simple worker is),
 and the repeats of all contenders are interleaved so that drifts in machine load hit them alike. Settings
 mirror each other (see CONTENDERS); the `agents` group times every lab agent with its own defaults. SAC is
-timed from the end of its warm-up (step 1000) to step 6000, PPO over its whole 20480 steps. `--scaling` also
+timed from the end of its warm-up (step 1000) to step 6000, PPO over its whole 20480 steps. The `vectorised`
+group times the lab's PPO (its defaults) as a learn_simple worker runs it, on one environment, against
+learn_vectorised's loop on 16 synchronous copies, both on one core, over 65536 steps (two rollouts of the
+16 copies), and the `vectorised` preset on the 16 copies beside them. `--scaling` also
 times one learn_simple-style worker alone against two at once on two cores. The peers are no dependencies of
 the lab: `pip install stable-baselines3 sbx-rl` to include them.
 """
@@ -32,6 +36,8 @@ ENV = "HalfCheetah-v5"
 SAC_WARMUP, SAC_STEPS, PPO_STEPS = 1000, 6000, 20480
 # CrossQ learns from step 1000 and is timed from 1300, past the first updates (where JAX compiles SBX's), to 2600.
 CROSSQ_START, CROSSQ_END = 1300, 2600
+PPO_VECTORISED_ENVS = 16
+PPO_VECTORISED_STEPS = 2 * PPO_VECTORISED_ENVS * 2048  # two rollouts of the 16 environments at num_steps 2048
 AGENT_STEPS = 500  # timed steps per off-policy agent in the `agents` group (the slowest take ~0.2 s a step)
 # The lab's PPO with SB3's defaults: no normalisation wrappers, no value clipping.
 PPO_AS_SB3 = {"norm_obs": False, "norm_reward": False, "clip_vloss": False}
@@ -76,6 +82,11 @@ def lab_crossq(seed: int) -> float:
 def lab_ppo(seed: int) -> float:
     return timed_lab_run({"agent": "ppo_baseline", "env": ENV, "seed": seed, "steps": PPO_STEPS,
                           "settings": PPO_AS_SB3}, (0, PPO_STEPS))
+
+
+def lab_ppo_envs(agent: str, num_envs: int, seed: int) -> float:
+    return timed_lab_run({"agent": agent, "env": ENV, "seed": seed, "steps": PPO_VECTORISED_STEPS,
+                          "num_envs": num_envs}, (0, PPO_VECTORISED_STEPS))
 
 
 def lab_agent(spec: str, seed: int) -> float:
@@ -136,7 +147,15 @@ CONTENDERS = {
     "ppo": {"lab ppo_baseline": lab_ppo, "SB3 PPO": sb3_ppo},
     "crossq": {"lab crossq": lab_crossq, "SBX CrossQ": sbx_crossq},
     "agents": {f"lab {spec}": functools.partial(lab_agent, spec) for spec in (*AGENTS, "sac_baseline:droq")},
+    "vectorised": {
+        "lab ppo_baseline 1 env": functools.partial(lab_ppo_envs, "ppo_baseline", 1),
+        f"lab ppo_baseline {PPO_VECTORISED_ENVS} envs": functools.partial(lab_ppo_envs, "ppo_baseline",
+                                                                          PPO_VECTORISED_ENVS),
+        f"lab ppo_baseline:vectorised {PPO_VECTORISED_ENVS} envs": functools.partial(
+            lab_ppo_envs, "ppo_baseline:vectorised", PPO_VECTORISED_ENVS)},
 }
+# What each group's ratios are relative to: the peer, or for `vectorised` the single environment.
+REFERENCE = {"sac": "SB3 SAC", "ppo": "SB3 PPO", "crossq": "SBX CrossQ", "vectorised": "lab ppo_baseline 1 env"}
 SETTINGS = {
     "sac": f"256x256, batch 256, 1 update per step, learning starts {SAC_WARMUP}, timed steps {SAC_WARMUP}-{SAC_STEPS}",
     "ppo": f"1 env, 2048 steps/rollout, 10 epochs, minibatch 64, 64x64 tanh, {PPO_STEPS} steps",
@@ -144,6 +163,8 @@ SETTINGS = {
               f"{SAC_WARMUP}, timed steps {CROSSQ_START}-{CROSSQ_END}",
     "agents": f"the agent's defaults; off-policy: learning starts {SAC_WARMUP}, timed steps {SAC_WARMUP}-"
               f"{SAC_WARMUP + AGENT_STEPS}; ppo: {PPO_STEPS} steps",
+    "vectorised": f"synchronous envs, {PPO_VECTORISED_STEPS} steps; ppo_baseline: the defaults (rollouts of 2048 "
+                  f"steps per env, 32 minibatches, 10 epochs); :vectorised: 32 steps per env, 4 minibatches, 4 epochs",
 }
 
 
@@ -209,7 +230,7 @@ def main() -> None:
     print("| contender | settings | steps/s | vs peer |\n|---|---|---|---|")
     for group in args.only:
         samples = figures[group]
-        reference = next((statistics.median(v) for k, v in samples.items() if k.split()[0] in PEER_MODULES), None)
+        reference = statistics.median(samples[REFERENCE[group]]) if REFERENCE.get(group) in samples else None
         for name, values in samples.items():
             median = statistics.median(values)
             ratio = f"{median / reference:.2f}x" if reference else "-"

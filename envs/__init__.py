@@ -78,11 +78,13 @@ def registered(name: str) -> bool:
     return env_id in gym.registry
 
 
-def has_vector_entry_point(name: str) -> bool:
-    """Whether `name` registers its own (batched) vector environment, as the torch environments do."""
+def is_torch_env(name: str) -> bool:
+    """Whether `name` is a batched torch environment (its vector entry point a TorchVectorEnv), which steps on
+    the agent's device. Gymnasium's own vector entry points (CartPole-v1's, in numpy) do not count."""
     if not registered(name):
         return False
-    return gym.registry[name.rpartition(":")[2]].vector_entry_point is not None
+    vector_class = gym.registry[name.rpartition(":")[2]].vector_entry_point
+    return isinstance(vector_class, type) and issubclass(vector_class, torch_envs.TorchVectorEnv)
 
 
 def make_env(env_id: str, **kwargs) -> gym.Env:

@@ -99,7 +99,8 @@ class TorchPendulum(TorchVectorEnv):
         u = actions[:, 0].clamp(-self.MAX_TORQUE, self.MAX_TORQUE)
         normalised_angle = torch.remainder(theta + math.pi, 2 * math.pi) - math.pi
         costs = normalised_angle ** 2 + 0.1 * theta_dot ** 2 + 0.001 * u ** 2
-        new_theta_dot = theta_dot + (3 * self.G / (2 * self.L) * theta.sin() + 3.0 / (self.M * self.L ** 2) * u) * self.DT
+        angular_acceleration = 3 * self.G / (2 * self.L) * theta.sin() + 3.0 / (self.M * self.L ** 2) * u
+        new_theta_dot = theta_dot + angular_acceleration * self.DT
         new_theta_dot = new_theta_dot.clamp(-self.MAX_SPEED, self.MAX_SPEED)
         self.state = torch.stack([theta + new_theta_dot * self.DT, new_theta_dot], dim=-1)
         return -costs, torch.zeros(self.num_envs, dtype=torch.bool, device=self.device)

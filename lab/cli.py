@@ -13,7 +13,7 @@ import torch
 from agents import AGENTS, agent_module, describe_hyperparameters, make_agent, resolve_hyperparameters
 from envs import SUITES, make_env, resolve_envs
 from lab import UsageError
-from lab.rollout import RunSpec, run_dir_name
+from lab.rollout import COMPILE_MODES, RunSpec, run_dir_name
 
 RUNS = Path("runs")
 CONFIG = "config.json"
@@ -72,6 +72,9 @@ def add_run_arguments(parser: argparse.ArgumentParser, device: str = "cpu") -> N
     parser.add_argument("--resume", default=None, metavar="RUN",
                         help="continue runs/RUN (or a run directory): finished runs are kept, the others continue "
                              "from their checkpoints; the run's stored options are used")
+    parser.add_argument("--compile", choices=list(COMPILE_MODES), default="off",
+                        help="torch.compile the agent's networks (on), and on CUDA also capture them as CUDA graphs "
+                             "(cudagraphs); default off: on a CPU compiling is slower (see the README)")
     parser.add_argument("--list", action="store_true", help="list agents, presets, hyperparameters and suites")
 
 
@@ -92,11 +95,18 @@ def resolve_device(text: str) -> str:
     return text
 
 
+def check_compile(compile_option: str, device: str) -> None:
+    if compile_option == "cudagraphs" and torch.device(device).type != "cuda":
+        raise UsageError(f"--compile cudagraphs needs a CUDA device, got --device {device}; "
+                         f"use --compile on (or off) on a CPU")
+
+
 def plan_runs(args, parser, runs_root: Path = RUNS) -> tuple[Path, list[RunSpec], dict]:
     """Validate every option and build the runs, before anything is written; returns (run dir, specs, config)."""
     if args.resume:
         return resume_plan(args, parser, runs_root)
     device = resolve_device(args.device)
+    check_compile(args.compile, device)
     budgets = resolve_envs(args.envs)
     settings = {agent: resolve_hyperparameters(agent, args.set) for agent in dict.fromkeys(args.agent)}
     for env_id in budgets:
@@ -116,7 +126,8 @@ def plan_runs(args, parser, runs_root: Path = RUNS) -> tuple[Path, list[RunSpec]
               "log": args.log, "log_every": args.log_every,
               "eval_every": args.eval_every, "eval_episodes": args.eval_episodes,
               "checkpoint_every": args.checkpoint_every, "num_envs": getattr(args, "num_envs", 1),
-              "vectorisation": getattr(args, "vectorisation", "sync"), "command": sys.argv}
+              "vectorisation": getattr(args, "vectorisation", "sync"), "compile": args.compile,
+              "command": sys.argv}
     return run_root, specs_from_config(run_root, config, resume=False), config
 
 
@@ -132,13 +143,14 @@ def specs_from_config(run_root: Path, config: dict, resume: bool) -> list[RunSpe
                     log=config["log"], log_every=config["log_every"], eval_every=eval_every,
                     eval_episodes=config["eval_episodes"],
                     checkpoint_every=config["checkpoint_every"], num_envs=config.get("num_envs", 1),
-                    vectorisation=config.get("vectorisation", "sync"), resume=resume))
+                    vectorisation=config.get("vectorisation", "sync"), compile=config.get("compile", "off"),
+                    resume=resume))
     return specs
 
 
 # Options that define the runs: a resumed run keeps those it was started with.
 RUN_OPTIONS = ("agent", "envs", "seeds", "steps", "device", "set", "name", "log", "log_every", "eval_every",
-               "eval_episodes", "checkpoint_every", "num_envs", "vectorisation")
+               "eval_episodes", "checkpoint_every", "num_envs", "vectorisation", "compile")
 
 
 def resume_plan(args, parser, runs_root: Path) -> tuple[Path, list[RunSpec], dict]:
@@ -154,7 +166,7 @@ def resume_plan(args, parser, runs_root: Path) -> tuple[Path, list[RunSpec], dic
         raise UsageError(f"cannot resume '{args.resume}': no {CONFIG} in {run_root} (is it a run directory?)")
     try:
         config = json.loads(config_path.read_text())
-        resolve_device(config["device"])
+        check_compile(config.get("compile", "off"), resolve_device(config["device"]))
         for agent, settings in config["settings"].items():
             resolve_hyperparameters(agent, settings)
         specs = specs_from_config(run_root, config, resume=True)

@@ -40,10 +40,13 @@ def format_table(rows: list[dict]) -> str:
     def number(value, spec):
         return format(value, spec) if value is not None else "-"
 
-    lines = [f"{'agent':<22} {'env':<26} {'seeds':>5} {'IQM final':>10} {'min':>9} {'max':>9} {'steps/s':>8} "
-             f"{'wall s':>7}"]
+    agent_width = max([22, *(len(row["agent"]) for row in rows)])  # presets make long names
+    env_width = max([26, *(len(row["env"]) for row in rows)])
+    lines = [f"{'agent':<{agent_width}} {'env':<{env_width}} {'seeds':>5} {'IQM final':>10} {'min':>9} {'max':>9} "
+             f"{'steps/s':>8} {'wall s':>7}"]
     for row in rows:
-        lines.append(f"{row['agent']:<22} {row['env']:<26} {row['seeds']:>2}/{row['seeds_planned']:<2} "
+        lines.append(f"{row['agent']:<{agent_width}} {row['env']:<{env_width}} "
+                     f"{row['seeds']:>2}/{row['seeds_planned']:<2} "
                      f"{number(row['iqm_final_return'], '10.1f')} {number(row['min_final_return'], '9.1f')} "
                      f"{number(row['max_final_return'], '9.1f')} {number(row['mean_sps'], '8.0f')} "
                      f"{row['wall_s']:>7.1f}")

@@ -26,9 +26,11 @@ import numpy as np
 import torch
 
 from agents import make_agent, split_preset
-from envs import has_vector_entry_point, make_env
+from envs import is_torch_env, make_env
 from envs.torch_envs import TorchVectorEnv
 
+# --compile: torch.compile's mode for each choice ('reduce-overhead' is inductor plus CUDA graphs).
+COMPILE_MODES = {"off": None, "on": "default", "cudagraphs": "reduce-overhead"}
 EVAL_SEED_OFFSET = 1_000_003  # evaluation episodes use seeds disjoint from training ones (and across runs)
 CHECKPOINT = "checkpoint.pt"
 RESULT = "result.json"
@@ -45,6 +47,7 @@ class RunSpec:
     device: str = "cpu"
     num_envs: int = 1  # copies of the environment stepped as one vector environment
     vectorisation: str = "sync"  # Gymnasium environments in this process ('sync') or one process each ('async')
+    compile: str = "off"  # a key of COMPILE_MODES: torch.compile the agent's networks, with CUDA graphs or not
     log: bool = True  # TensorBoard events in run_dir
     log_every: int = 1_000  # steps between reads of the agent's metrics (each read waits for the device)
     eval_every: int = 0  # steps between evaluations; 0: only the final one
@@ -64,7 +67,7 @@ class TrainingDiverged(RuntimeError):
 
 def make_vector_env(env_id: str, num_envs: int, device, vectorisation: str = "sync") -> gym.vector.VectorEnv:
     """A batched torch environment on `device` when `env_id` has one, else `num_envs` Gymnasium copies."""
-    if has_vector_entry_point(env_id):
+    if is_torch_env(env_id):
         return gym.make_vec(env_id, num_envs=num_envs, vectorization_mode="vector_entry_point", device=device)
     vector_class = gym.vector.AsyncVectorEnv if vectorisation == "async" else gym.vector.SyncVectorEnv
     return vector_class([functools.partial(make_env, env_id)] * num_envs,
@@ -151,6 +154,8 @@ def train(spec: RunSpec, on_eval: Callable[[int, float], bool] | None = None) ->
     eval_env = make_env(spec.env)
     agent = make_agent(spec.agent, envs.single_observation_space, envs.single_action_space, num_envs=spec.num_envs,
                        device=device, seed=spec.seed, total_steps=spec.steps, settings=spec.settings)
+    if COMPILE_MODES[spec.compile] is not None:
+        agent.compile(COMPILE_MODES[spec.compile])
     state = {"step": 0, "episodes": [], "evaluations": [], "wall_s": 0.0}
     checkpoint_path = run_dir / CHECKPOINT if run_dir else None
     resumed = spec.resume and checkpoint_path is not None and checkpoint_path.exists()
@@ -205,7 +210,7 @@ def train(spec: RunSpec, on_eval: Callable[[int, float], bool] | None = None) ->
                 next_obs, reward = to_device(next_obs), to_device(reward)
                 terminated, truncated = to_device(terminated, torch.bool), to_device(truncated, torch.bool)
             step += spec.num_envs
-            checkpointing = step >= next_checkpoint
+            checkpointing = next_checkpoint <= step < spec.steps  # none at the end: the run is complete
             if checkpointing:  # a checkpoint ends every episode as a time limit would: then all restart together
                 truncated = torch.ones_like(truncated)
             agent.observe(next_obs, reward, terminated, truncated)
@@ -243,7 +248,7 @@ def train(spec: RunSpec, on_eval: Callable[[int, float], bool] | None = None) ->
                     stopped_at = step
                     break
 
-            if checkpointing and step < spec.steps:
+            if checkpointing:
                 # Before the reset: the reset draws from the envs' RNG, which the checkpoint holds.
                 record_episodes()
                 state["step"], state["wall_s"] = step, state["wall_s"] + time.perf_counter() - started

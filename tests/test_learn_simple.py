@@ -15,10 +15,14 @@ ROOT = Path(__file__).resolve().parents[1]
 SMALL_SAC = ["--set", "learning_starts=100", "--set", "hidden_size=32"]
 
 
-def learn_simple(cwd, *args, timeout=300):
+def run_script(script, cwd, *args, timeout=300):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.run([sys.executable, str(ROOT / "learn_simple.py"), *args], cwd=cwd, env=env,
+    return subprocess.run([sys.executable, str(ROOT / script), *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=timeout)
+
+
+def learn_simple(cwd, *args, timeout=300):
+    return run_script("learn_simple.py", cwd, *args, timeout=timeout)
 
 
 def test_two_workers_write_events_and_results(tmp_path):
@@ -78,6 +82,8 @@ BAD_INPUTS = [
     (["--log-every", "0"], "expected a positive integer, got 0"),
     (["--name", "a/b"], "--name must be a plain directory name, got 'a/b'"),
     (["--agent", "sac_baseline:turbo"], "unknown preset 'turbo' of sac_baseline"),
+    (["--compile", "cudagraphs"], "--compile cudagraphs needs a CUDA device, got --device cpu"),
+    (["--compile", "fast"], "argument --compile: invalid choice: 'fast'"),
 ]
 
 

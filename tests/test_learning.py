@@ -39,3 +39,16 @@ def test_crossq_cem_learns_pendulum():
     record = train(RunSpec(agent="crossq_cem", env="Pendulum-v1", seed=0, steps=4000, eval_episodes=5, log=False,
                            progress=False, settings={"critic_hidden": 128}))
     assert record["final_return"] > -700, record["evaluations"]
+
+
+def test_ppo_vectorised_preset_learns_cartpole_on_16_envs():
+    record = train(RunSpec(agent="ppo_baseline:vectorised", env="CartPole-v1", seed=0, steps=40_000, num_envs=16,
+                           eval_episodes=5, log=False, progress=False))
+    assert record["final_return"] > 300, record["evaluations"]
+
+
+def test_sac_learns_the_torch_pendulum():
+    # The batched torch Pendulum, stepping on the agent's device, learns as Gymnasium's does (see above).
+    record = train(RunSpec(agent="sac_baseline", env="TorchPendulum-v0", seed=0, steps=5000, num_envs=2,
+                           eval_episodes=5, log=False, progress=False))
+    assert record["final_return"] > -500, record["evaluations"]

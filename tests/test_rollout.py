@@ -147,3 +147,11 @@ def test_a_nan_in_a_loss_stops_the_run_with_a_clear_error(monkeypatch):
     monkeypatch.setattr(lab.rollout, "make_agent", make_and_poison)
     with pytest.raises(TrainingDiverged, match=r"qf_loss became nan at step 100"):
         train(spec)
+
+
+def test_a_checkpoint_cuts_episodes_but_never_at_the_end_of_a_run(tmp_path):
+    """Count-v0's episodes last 5 steps. The checkpoint at step 21 cuts one after a single step; the last step,
+    42, is a multiple of checkpoint_every but takes no checkpoint, so its unfinished episode is not counted."""
+    record = train(quiet(agent="sac_baseline", env=COUNT, seed=0, steps=42, eval_episodes=1, checkpoint_every=21,
+                         run_dir=str(tmp_path), settings={"learning_starts": 1000}))
+    assert record["train_return"] == pytest.approx((8 * 5 + 1) / 9)  # the last 10 episodes: all 9 there were

@@ -106,3 +106,15 @@ def test_torch_envs_are_selectable_by_name_single_and_batched():
     batched = gym.make_vec("TorchCartPoleContinuous-v0", num_envs=5, vectorization_mode="vector_entry_point")
     obs, _ = batched.reset(seed=0)
     assert isinstance(batched, TorchCartPoleContinuous) and obs.shape == (5, 4) and batched.max_episode_steps == 500
+
+
+def test_the_loop_steps_torch_envs_on_the_device_and_gymnasium_ids_as_copies():
+    """Only TorchVectorEnv subclasses step on the device: CartPole-v1 has a numpy vector entry point of its own,
+    which autoresets and knows no device, so the loop runs Gymnasium copies of it instead."""
+    from lab.rollout import make_vector_env
+    torch_envs = make_vector_env("TorchPendulum-v0", 3, torch.device("cpu"))
+    assert isinstance(torch_envs, TorchPendulum) and torch_envs.num_envs == 3
+    for vectorisation, kind in (("sync", gym.vector.SyncVectorEnv), ("async", gym.vector.AsyncVectorEnv)):
+        copies = make_vector_env("CartPole-v1", 2, torch.device("cpu"), vectorisation)
+        assert isinstance(copies, kind) and copies.metadata["autoreset_mode"] == gym.vector.AutoresetMode.DISABLED
+        copies.close()
