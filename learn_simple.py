@@ -21,23 +21,12 @@ from pathlib import Path
 
 from lab.cli import ArgumentParser, add_run_arguments, exit_on_usage_error, listing, positive_int
 from lab.rollout import RESULT, RunSpec, train
-from lab.runner import ERROR, INTERRUPTED, report_failure, run_plan, write_failure
-
-
-def interrupt_once(signum, frame):
-    # The first Ctrl-C stops the run; later ones (the terminal sends one to every process, the parent
-    # forwards another) must not break the log-closing that the first one started.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    raise KeyboardInterrupt
+from lab.runner import ERROR, INTERRUPTED, enter_worker, report_failure, run_plan, worker_slots, write_failure
 
 
 def worker(spec: RunSpec, threads: int, cpus: list[int] | None) -> None:
     """One run in its own process: its thread budget, its cores, its error file."""
-    signal.signal(signal.SIGINT, interrupt_once)
-    import torch
-    torch.set_num_threads(threads)
-    if cpus is not None:
-        os.sched_setaffinity(0, cpus)
+    enter_worker(threads, cpus)
     run_dir = Path(spec.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)  # for error.txt, should train() fail before making it
     try:
@@ -53,21 +42,16 @@ def schedule(specs: list[RunSpec], workers: int) -> tuple[list[dict], list[dict]
     """Run the specs, at most `workers` at once; returns (records, failures, interrupted)."""
     if not specs:
         return [], [], False
-    cores = sorted(os.sched_getaffinity(0))
-    slots = min(workers, len(specs))
-    threads = max(1, len(cores) // slots)
-    # Pin each slot to its own cores when they go round: the runs then never compete for a core.
-    pin = slots * threads <= len(cores)
+    slots = worker_slots(workers, len(specs))
     context = multiprocessing.get_context("spawn")
     pending, running = list(specs), {}  # running: sentinel -> (process, spec, slot)
-    free_slots = list(range(slots))
+    free_slots = list(range(len(slots)))
     records, failures, interrupted = [], [], False
     try:
         while pending or running:
             while pending and free_slots:
                 spec, slot = pending.pop(0), free_slots.pop(0)
-                cpus = cores[slot * threads:(slot + 1) * threads] if pin else None
-                process = context.Process(target=worker, args=(spec, threads, cpus), name=spec.label)
+                process = context.Process(target=worker, args=(spec, *slots[slot]), name=spec.label)
                 process.start()
                 running[process.sentinel] = (process, spec, slot)
             for sentinel in wait(list(running)):

@@ -203,6 +203,10 @@ def available(name: str) -> bool:
         return False
 
 
+def rate(steps_per_second: float) -> str:
+    return f"{steps_per_second:.1f}" if steps_per_second < 100 else f"{steps_per_second:.0f}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--only", choices=list(CONTENDERS), nargs="+", default=list(CONTENDERS))
@@ -234,7 +238,8 @@ def main() -> None:
         for name, values in samples.items():
             median = statistics.median(values)
             ratio = f"{median / reference:.2f}x" if reference else "-"
-            print(f"| {name} | {SETTINGS[group]} | {median:.0f} ({min(values):.0f}-{max(values):.0f}) | {ratio} |")
+            spread = f"{rate(min(values))}-{rate(max(values))}"
+            print(f"| {name} | {SETTINGS[group]} | {rate(median)} ({spread}) | {ratio} |")
     if args.scaling:
         alone, together = figures["scaling"]["one worker"][0], sum(figures["scaling"]["two workers"])
         print(f"\nlab sac_baseline, one worker alone: {alone:.0f} steps/s; two workers on two cores: "

@@ -101,6 +101,17 @@ def check_compile(compile_option: str, device: str) -> None:
                          f"use --compile on (or off) on a CPU")
 
 
+def new_run_root(name: str | None, runs_root: Path = RUNS) -> Path:
+    """runs/NAME for --name NAME (default: a timestamp), which must not exist yet."""
+    name = name or datetime.datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
+    if "/" in name or name in ("", ".", ".."):
+        raise UsageError(f"--name must be a plain directory name, got '{name}'")
+    run_root = runs_root / name
+    if run_root.exists():
+        raise UsageError(f"{run_root} already exists; choose another --name, or continue it with --resume {name}")
+    return run_root
+
+
 def plan_runs(args, parser, runs_root: Path = RUNS) -> tuple[Path, list[RunSpec], dict]:
     """Validate every option and build the runs, before anything is written; returns (run dir, specs, config)."""
     if args.resume:
@@ -115,12 +126,7 @@ def plan_runs(args, parser, runs_root: Path = RUNS) -> tuple[Path, list[RunSpec]
             make_agent(agent, env.observation_space, env.action_space, device="cpu", total_steps=1,
                        settings=settings[agent])
         env.close()
-    name = args.name or datetime.datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
-    if "/" in name or name in ("", ".", ".."):
-        raise UsageError(f"--name must be a plain directory name, got '{name}'")
-    run_root = runs_root / name
-    if run_root.exists():
-        raise UsageError(f"{run_root} already exists; choose another --name, or continue it with --resume {name}")
+    run_root = new_run_root(args.name, runs_root)
     config = {"agents": list(settings), "envs": {env_id: args.steps or steps for env_id, steps in budgets.items()},
               "seeds": args.seeds, "device": device, "settings": settings,
               "log": args.log, "log_every": args.log_every,

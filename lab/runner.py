@@ -7,6 +7,7 @@ interrupted)` that decides where the runs go: processes (learn_simple.py) or thi
 from __future__ import annotations
 
 import json
+import os
 import signal
 import sys
 import time
@@ -33,6 +34,32 @@ def write_failure(spec: RunSpec, error: BaseException) -> None:
 def report_failure(spec: RunSpec, error: str) -> dict:
     print(f"[{spec.label}] FAILED: {error} (details: {Path(spec.run_dir) / ERROR})", file=sys.stderr, flush=True)
     return {"agent": spec.agent, "env": spec.env, "seed": spec.seed, "error": error}
+
+
+def worker_slots(workers: int, jobs: int) -> list[tuple[int, list[int] | None]]:
+    """(torch threads, cores to pin to or None) for each of min(workers, jobs) worker processes: the cores
+    shared out, each worker on its own when they go round, so that workers never compete for a core."""
+    cores = sorted(os.sched_getaffinity(0))
+    count = max(1, min(workers, jobs))
+    threads = max(1, len(cores) // count)
+    pin = count * threads <= len(cores)
+    return [(threads, cores[slot * threads:(slot + 1) * threads] if pin else None) for slot in range(count)]
+
+
+def interrupt_once(signum, frame):
+    # The first Ctrl-C stops the work; later ones (the terminal sends one to every process, the parent
+    # forwards another) must not break the log-closing that the first one started.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    raise KeyboardInterrupt
+
+
+def enter_worker(threads: int, cpus: list[int] | None) -> None:
+    """What a worker process does first: its Ctrl-C handling, its thread budget, its cores."""
+    signal.signal(signal.SIGINT, interrupt_once)
+    import torch
+    torch.set_num_threads(threads)
+    if cpus is not None:
+        os.sched_setaffinity(0, cpus)
 
 
 def stop_on_sigterm(signum, frame):

@@ -1,0 +1,380 @@
+"""Bayesian optimisation of an agent's hyperparameters: trials in parallel, a median pruner, resume.
+
+    python hypertune.py --agent sac_baseline --envs Pendulum-v1 --steps 8000 --trials 16 --workers 2 \\
+        --param q_lr=1e-4:3e-3:log --param tau=0.002:0.05:log --param batch_size=64:512:int
+    python hypertune.py --resume NAME        # after Ctrl-C or a crash: what was registered is kept
+
+The optimiser is bayesian-optimization's (3.x): a Gaussian process over the search box, its upper
+confidence bound maximised for each suggestion, wrapped in the constant liar so that trials running at once
+are given distinct points. The first `--random-trials` points are drawn uniformly. Each trial trains the agent
+with its point through the lab's rollout loop, on every environment and seed one after another, in a worker
+process; its target is `lab.tuning.trial_metric` (the IQM over seeds of the final evaluation returns; over
+several environments, the mean of the normalised IQMs). Each run evaluates `--reports` times; at each of
+those checkpoints the median pruner (`lab.tuning.MedianPruner`) may stop the trial, which is then registered
+with the value it reached.
+
+runs/NAME/ holds config.json (the options), trials.json (every trial: values, status, metric, reports,
+error), optimizer.json (the optimiser's state), and trial_NNN/: its TensorBoard record (hyperparameters and
+metric, for the HParams view), error.txt if it failed, and ENV/seed_S/ with each run's logs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import multiprocessing
+import os
+import shutil
+import signal
+import sys
+import time
+import traceback
+from multiprocessing.connection import wait
+from pathlib import Path
+
+from lab import UsageError
+from lab.cli import (RUNS, ArgumentParser, exit_on_usage_error, new_run_root, non_negative_int, positive_int,
+                     resolve_device)
+from lab.rollout import RunSpec, train, write_json
+from lab.runner import INTERRUPTED, enter_worker, stop_on_sigterm, worker_slots
+from lab.tuning import MedianPruner, Param, SearchSpace, check_metric_envs, parse_param, trial_metric
+
+CONFIG, TRIALS, OPTIMIZER, ERROR = "config.json", "trials.json", "optimizer.json", "error.txt"
+FINISHED = ("complete", "pruned")  # registered with the optimiser
+RESUMABLE_OPTIONS = ("workers",)  # what --resume may change
+
+
+def trial_dir(run_root: Path, trial: int) -> Path:
+    return run_root / f"trial_{trial:03d}"
+
+
+def trial_worker(conn, run_root: Path, config: dict, trial: dict, threads: int, cpus, train_fn) -> None:
+    """One trial in its own process: every (environment, seed) run in turn. It sends each evaluation to the
+    sweep and waits for its decision (go on or stop), then its outcome: ('complete' | 'pruned', final returns
+    per environment, steps trained), or ('failed', error, steps trained)."""
+    enter_worker(threads, cpus)
+    finals: dict[str, list[float]] = {}
+    steps_trained = 0
+    directory = trial_dir(run_root, trial["trial"])
+    try:
+        for env, steps in config["steps"].items():
+            for seed in range(config["seeds"]):
+                def on_eval(step, value, env=env, seed=seed):
+                    conn.send(("report", env, seed, step, value))
+                    return conn.recv()
+
+                spec = RunSpec(agent=config["agent"], env=env, seed=seed, steps=steps,
+                               settings={**config["settings"], **trial["settings"]},
+                               run_dir=str(directory / env / f"seed_{seed}"), device=config["device"],
+                               eval_every=max(1, steps // config["reports"]), eval_episodes=config["eval_episodes"],
+                               log=config["log"], progress=False, checkpoint_every=0)
+                record = train_fn(spec, on_eval)
+                finals.setdefault(env, []).append(record["final_return"])  # a stopped run's: its last evaluation
+                steps_trained += record["steps"]
+                if "stopped_at" in record:
+                    conn.send(("pruned", finals, steps_trained))
+                    return
+        conn.send(("complete", finals, steps_trained))
+    except KeyboardInterrupt:
+        return
+    except BaseException as error:
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / ERROR).write_text(traceback.format_exc())
+        conn.send(("failed", f"{type(error).__name__}: {error}", steps_trained))
+
+
+class Sweep:
+    """The optimiser, the pruner and the table of trials of one sweep, saved after every change of state."""
+
+    def __init__(self, run_root: Path, config: dict, train_fn=train):
+        from bayes_opt import BayesianOptimization
+        from bayes_opt.acquisition import ConstantLiar, UpperConfidenceBound
+        self.run_root, self.config, self.train_fn = run_root, config, train_fn
+        self.space = SearchSpace([Param(**p) for p in config["params"]])
+        # UCB with the package's default kappa: with a dozen trials whose early stops register poor values,
+        # expected improvement kept re-suggesting the neighbourhood of the best point. The liar registers each
+        # pending point at the worst target seen so far, so the next suggestion moves away from points being
+        # evaluated, as parallel workers need.
+        self.optimizer = BayesianOptimization(
+            f=None, pbounds=self.space.pbounds(), random_state=config["seed"], verbose=0,
+            acquisition_function=ConstantLiar(UpperConfidenceBound(kappa=2.576), strategy="min"),
+            allow_duplicate_points=True)
+        self.pruner = MedianPruner(config["min_reports"], config["prune_margin"], config["prune_warmup"],
+                                   config["prune"])
+        self.trials: list[dict] = []
+
+    @classmethod
+    def resumed(cls, run_root: Path, train_fn=train) -> Sweep:
+        """The sweep as last saved; trials that were running are run again from the start."""
+        try:
+            config = json.loads((run_root / CONFIG).read_text())
+            sweep = cls(run_root, config, train_fn)
+            sweep.trials = json.loads((run_root / TRIALS).read_text())
+            if (run_root / OPTIMIZER).exists():
+                sweep.optimizer.load_state(run_root / OPTIMIZER)
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            raise UsageError(f"cannot resume '{run_root}': its files are missing or damaged ({error!r})") from None
+        for trial in sweep.trials:
+            if trial["status"] in ("running", "interrupted"):
+                trial.update(status="queued", reports=[], steps=0)
+                shutil.rmtree(trial_dir(run_root, trial["trial"]), ignore_errors=True)
+            for env, seed, step, value in trial["reports"]:
+                sweep.pruner.history.setdefault((env, seed, step), {})[trial["trial"]] = value
+        return sweep
+
+    def save(self) -> None:
+        write_json(self.run_root / TRIALS, self.trials)
+        temporary = self.run_root / (OPTIMIZER + ".tmp")
+        self.optimizer.save_state(temporary)
+        os.replace(temporary, self.run_root / OPTIMIZER)
+
+    def next_trial(self) -> dict:
+        """A queued trial (from an interrupted sweep), else a new one at the optimiser's next point."""
+        for trial in self.trials:
+            if trial["status"] == "queued":
+                return trial
+        if len(self.trials) < self.config["random_trials"]:
+            point = self.optimizer.random_sample(1)[0]
+        else:
+            point = self.optimizer.suggest()
+        point = {name: float(value) for name, value in point.items()}
+        trial = {"trial": len(self.trials), "settings": self.space.settings(point), "point": point,
+                 "status": "queued", "metric": None, "reports": [], "steps": 0, "error": None, "wall_s": None}
+        self.trials.append(trial)
+        return trial
+
+    def open_trials(self) -> int:
+        """Trials still to start: queued ones, and those the budget has not created yet."""
+        queued = sum(trial["status"] == "queued" for trial in self.trials)
+        return queued + self.config["trials"] - len(self.trials)
+
+    def finish(self, trial: dict, status: str, finals: dict | None, steps: int, error: str | None = None) -> None:
+        trial.update(status=status, steps=steps, error=error, wall_s=round(time.time() - trial.pop("started"), 1))
+        if status in FINISHED:
+            trial["metric"] = trial_metric(finals)
+            if not math.isfinite(trial["metric"]):
+                trial.update(status="failed", error=f"metric is {trial['metric']}", metric=None)
+        if trial["status"] in FINISHED:
+            self.optimizer.register(params=trial["point"], target=trial["metric"])
+            self.log_hparams(trial)
+        self.save()
+        value = f"{trial['metric']:.2f}" if trial["metric"] is not None else trial["error"]
+        print(f"[trial {trial['trial']}] {trial['status']}: {value}  ({describe(trial['settings'])})", flush=True)
+
+    def log_hparams(self, trial: dict) -> None:
+        if not self.config["log"]:
+            return
+        from torch.utils.tensorboard import SummaryWriter
+        with SummaryWriter(str(trial_dir(self.run_root, trial["trial"]))) as writer:
+            writer.add_hparams({**trial["settings"], "status": trial["status"]},
+                               {"tune/metric": trial["metric"], "tune/steps": trial["steps"]}, run_name=".")
+
+    def run(self, workers: int) -> int:
+        """Run every open trial, at most `workers` at once; returns the exit code (0, 1 if a trial failed,
+        130 when interrupted)."""
+        slots = worker_slots(workers, max(1, self.open_trials()))
+        free, running = list(range(len(slots))), {}  # running: connection -> (process, trial, slot)
+        context = multiprocessing.get_context("spawn")
+        interrupted = False
+        try:
+            while True:
+                while free and self.open_trials() > 0:
+                    trial, slot = self.next_trial(), free.pop(0)
+                    trial.update(status="running", started=time.time())
+                    ours, theirs = context.Pipe()
+                    process = context.Process(target=trial_worker, name=f"trial {trial['trial']}", args=(
+                        theirs, self.run_root, self.config, trial, *slots[slot], self.train_fn))
+                    process.start()
+                    theirs.close()
+                    running[ours] = (process, trial, slot)
+                    self.save()
+                if not running:
+                    break
+                for conn in wait(list(running)):
+                    process, trial, slot = running[conn]
+                    if self.receive(conn, trial):
+                        continue
+                    del running[conn]
+                    process.join()
+                    free.append(slot)
+        except KeyboardInterrupt:
+            interrupted = True
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            for process, trial, _ in running.values():
+                if process.is_alive():
+                    os.kill(process.pid, signal.SIGINT)
+            deadline = time.monotonic() + 30
+            for process, trial, _ in running.values():
+                process.join(max(0.0, deadline - time.monotonic()))
+                if process.is_alive():
+                    process.terminate()
+                    process.join()
+                trial["status"] = "interrupted"
+                trial.pop("started", None)
+            self.save()
+        print()
+        print(self.table())
+        if interrupted:
+            print(f"interrupted: continue with  python hypertune.py --resume {self.run_root}", file=sys.stderr)
+            return INTERRUPTED
+        return 1 if any(trial["status"] == "failed" for trial in self.trials) else 0
+
+    def receive(self, conn, trial: dict) -> bool:
+        """Handle one message of a trial's worker; False once the trial is over."""
+        try:
+            message = conn.recv()
+        except EOFError:  # the worker died without a word: killed, or out of memory
+            self.finish(trial, "failed", None, trial["steps"], "worker died (killed by a signal or out of memory?)")
+            return False
+        kind = message[0]
+        if kind == "report":
+            _, env, seed, step, value = message
+            trial["reports"].append([env, seed, step, value])
+            progress = step / self.config["steps"][env]
+            conn.send(not self.pruner.should_prune(trial["trial"], (env, seed, step), value, progress))
+            return True
+        if kind == "failed":
+            _, error, steps = message
+            self.finish(trial, "failed", None, steps, error)
+        else:
+            _, finals, steps = message
+            self.finish(trial, kind, finals, steps)
+        return False
+
+    def table(self) -> str:
+        """The trials ranked by metric (failed and unfinished ones last), then the best as a ready command."""
+        ranked = sorted(self.trials, key=lambda t: -t["metric"] if t["metric"] is not None else math.inf)
+        names = list(self.space.params)
+        lines = [f"{'rank':>4} {'trial':>5} {'status':<11} {'metric':>10} {'steps':>8}  " + "  ".join(names)]
+        for rank, trial in enumerate(ranked, 1):
+            metric = f"{trial['metric']:10.2f}" if trial["metric"] is not None else f"{'-':>10}"
+            values = "  ".join(f"{trial['settings'][name]:.4g}" for name in names)
+            lines.append(f"{rank:>4} {trial['trial']:>5} {trial['status']:<11} {metric} {trial['steps']:>8}  {values}")
+        best = next((t for t in ranked if t["status"] == "complete"), None)
+        if best is not None:
+            settings = {**self.config["settings"], **best["settings"]}
+            budgets = set(self.config["steps"].values())
+            steps = f" --steps {budgets.pop()}" if len(budgets) == 1 else ""
+            command = (f"python learn_simple.py --agent {self.config['agent']} --envs {' '.join(self.config['steps'])}"
+                       f"{steps} " + " ".join(f"--set {key}={value}" for key, value in settings.items()))
+            lines += ["", f"best: trial {best['trial']}, metric {best['metric']:.2f}", f"  {command}"]
+        return "\n".join(lines)
+
+
+def fraction(text: str) -> float:
+    value = non_negative_float(text)
+    if value > 1:
+        raise argparse.ArgumentTypeError(f"expected a fraction in [0, 1], got {text}")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got '{text}'") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text}")
+    return value
+
+
+def describe(settings: dict) -> str:
+    return ", ".join(f"{key}={value:.4g}" for key, value in settings.items())
+
+
+def plan(args) -> tuple[Path, dict]:
+    """Check every option before anything runs; returns the sweep's directory and its config."""
+    from agents import make_agent, resolve_hyperparameters
+    from envs import make_env, resolve_envs
+    device = resolve_device(args.device)
+    params = [parse_param(text, args.agent) for text in args.param]
+    space = SearchSpace(params)
+    fixed = resolve_hyperparameters(args.agent, args.set)
+    clash = sorted(set(fixed) & set(space.params))
+    if clash:
+        raise UsageError(f"{', '.join(clash)} both searched (--param) and fixed (--set); choose one")
+    budgets = resolve_envs(args.envs)
+    check_metric_envs(list(budgets))
+    steps = {env: args.steps or budget for env, budget in budgets.items()}
+    for env_id, budget in steps.items():
+        if budget < args.reports:
+            raise UsageError(f"--reports {args.reports} evaluations need at least as many steps; {env_id} has {budget}")
+        env = make_env(env_id)
+        make_agent(args.agent, env.observation_space, env.action_space, total_steps=1, settings=fixed)
+        env.close()
+    run_root = new_run_root(args.name)
+    config = {"agent": args.agent, "steps": steps, "seeds": args.seeds, "trials": args.trials,
+              "random_trials": (args.random_trials if args.random_trials is not None
+                                else max(args.workers, args.trials // 3)),
+              "params": [vars(p) for p in params], "settings": fixed, "device": device,
+              "reports": args.reports, "prune": args.prune, "min_reports": args.min_reports,
+              "prune_margin": args.prune_margin, "prune_warmup": args.prune_warmup,
+              "eval_episodes": args.eval_episodes, "log": args.log,
+              "seed": args.seed, "command": sys.argv}
+    return run_root, config
+
+
+def main() -> int:
+    parser = ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--agent", default="sac_baseline", help="the agent to tune, optionally name:preset")
+    parser.add_argument("--envs", nargs="+", default=["Pendulum-v1"], metavar="ENV",
+                        help="Gymnasium ids and/or suites (default Pendulum-v1)")
+    parser.add_argument("--steps", type=positive_int, default=None, help="steps per run (default: the budget)")
+    parser.add_argument("--seeds", type=positive_int, default=1, help="seeds per trial and environment (default 1)")
+    parser.add_argument("--trials", type=positive_int, default=20, help="trials in the sweep (default 20)")
+    parser.add_argument("--workers", type=positive_int, default=len(os.sched_getaffinity(0)),
+                        help="trials at once, one process each (default: the number of cores)")
+    parser.add_argument("--param", action="append", default=[], metavar="NAME=LOW:HIGH[:log|:int]",
+                        help="a hyperparameter to search and its range (repeatable)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a hyperparameter fixed for every trial (repeatable)")
+    parser.add_argument("--random-trials", type=non_negative_int, default=None,
+                        help="trials drawn uniformly before the optimiser's suggestions "
+                             "(default: max(workers, trials // 3))")
+    parser.add_argument("--reports", type=positive_int, default=4,
+                        help="evaluations per run, each a checkpoint where the pruner may stop the trial (default 4)")
+    parser.add_argument("--prune", action=argparse.BooleanOptionalAction, default=True,
+                        help="median pruning (default on)")
+    parser.add_argument("--min-reports", type=positive_int, default=4,
+                        help="a checkpoint prunes from its N-th report on, the first N-1 trials there run on "
+                             "(default 4)")
+    parser.add_argument("--prune-margin", type=non_negative_float, default=0.0,
+                        help="stop a trial only below median - margin * |median| (default 0)")
+    parser.add_argument("--prune-warmup", type=fraction, default=0.5,
+                        help="no pruning at evaluations before this fraction of a run's steps (default 0.5)")
+    parser.add_argument("--eval-episodes", type=positive_int, default=10, help="episodes per evaluation (default 10)")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default cpu)")
+    parser.add_argument("--seed", type=non_negative_int, default=0, help="the optimiser's random seed (default 0)")
+    parser.add_argument("--log", action=argparse.BooleanOptionalAction, default=True,
+                        help="TensorBoard events (default on)")
+    parser.add_argument("--name", default=None, help="the sweep's directory runs/NAME (default: a timestamp)")
+    parser.add_argument("--resume", default=None, metavar="NAME", help="continue runs/NAME (or a directory)")
+    args = parser.parse_args()
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, stop_on_sigterm)
+
+    if args.resume:
+        given = [f"--{key.replace('_', '-')}" for key, value in vars(args).items()
+                 if key not in ("resume", *RESUMABLE_OPTIONS) and value != parser.get_default(key)]
+        if given:
+            raise UsageError(f"--resume continues a sweep with the options it was started with; "
+                             f"drop {', '.join(given)}")
+        run_root = Path(args.resume) if Path(args.resume).is_dir() else RUNS / args.resume
+        if not (run_root / CONFIG).exists():
+            raise UsageError(f"cannot resume '{args.resume}': no {CONFIG} in {run_root} (is it a sweep directory?)")
+        sweep = Sweep.resumed(run_root)
+    else:
+        if not args.param:
+            raise UsageError("nothing to search: give at least one --param NAME=LOW:HIGH[:log|:int]")
+        run_root, config = plan(args)
+        run_root.mkdir(parents=True)
+        write_json(run_root / CONFIG, config)
+        sweep = Sweep(run_root, config)
+    print(f"{sweep.open_trials()} trials to run ({len(sweep.trials)} in the record), up to {args.workers} at once; "
+          f"logs in {run_root}", flush=True)
+    return sweep.run(args.workers)
+
+
+if __name__ == "__main__":
+    sys.exit(exit_on_usage_error(main))

@@ -1,0 +1,178 @@
+"""What hypertune.py is made of, apart from processes: the search space, the target metric, the median pruner.
+
+The optimiser (bayesian-optimization) maximises a function of points in a box; `SearchSpace` maps between
+that box and an agent's hyperparameters: a `log` parameter is searched as its log10, an `int` one as a real
+number rounded to the nearest integer. (The package's own integer parameters, experimental in 3.4, had its
+suggestions return points already evaluated.) The target of a trial is `trial_metric`, the pruner's decisions are
+`MedianPruner.should_prune`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import statistics
+
+from agents import agent_module, closest, hyperparameter_types, resolve_hyperparameters, split_preset
+from lab import UsageError
+from lab.results import iqm
+
+SCALES = ("linear", "log", "int")
+
+
+@dataclasses.dataclass(frozen=True)
+class Param:
+    name: str
+    low: float
+    high: float
+    scale: str  # one of SCALES
+
+    def bounds(self) -> tuple:
+        """The parameter's interval as the optimiser searches it."""
+        if self.scale == "log":
+            return (math.log10(self.low), math.log10(self.high))
+        if self.scale == "int":  # each integer gets an interval of width 1, the ends included
+            return (self.low - 0.5, self.high + 0.5)
+        return (self.low, self.high)
+
+    def value(self, x: float):
+        """The hyperparameter's value at the optimiser's coordinate x."""
+        if self.scale == "log":
+            return float(10 ** x)
+        if self.scale == "int":
+            return int(min(max(round(x), self.low), self.high))
+        return float(x)
+
+    def coordinate(self, value) -> float:
+        return math.log10(value) if self.scale == "log" else float(value)
+
+
+def parse_param(text: str, agent: str) -> Param:
+    """'q_lr=1e-4:3e-3:log' -> Param, checked against the agent's hyperparameter dataclass."""
+    form = "expected NAME=LOW:HIGH[:log|:int], e.g. q_lr=1e-4:3e-3:log"
+    name, sep, spec = text.partition("=")
+    name = name.strip()
+    parts = spec.split(":")
+    if not sep or not name or len(parts) not in (2, 3):
+        raise UsageError(f"--param '{text}': {form}")
+    scale = parts[2].strip() if len(parts) == 3 else "linear"
+    if len(parts) == 3 and scale not in ("log", "int"):
+        raise UsageError(f"--param '{text}': unknown scale '{scale}'; valid: log, int (or none: linear)")
+    try:
+        low, high = float(parts[0]), float(parts[1])
+    except ValueError:
+        raise UsageError(f"--param '{text}': bounds must be numbers; {form}") from None
+    agent_name = split_preset(agent)[0]
+    types = hyperparameter_types(agent_module(agent_name))
+    if name not in types:
+        raise UsageError(f"--param '{text}': unknown hyperparameter '{name}' for {agent_name}; {closest(name, types)}")
+    kind = types[name]
+    if kind not in (int, float):
+        raise UsageError(f"--param '{text}': {name} is a {kind.__name__}; only int and float hyperparameters "
+                         f"can be searched (fix it with --set {name}=VALUE)")
+    if kind is int and scale != "int":
+        raise UsageError(f"--param '{text}': {name} is an int; write {name}={parts[0]}:{parts[1]}:int")
+    if scale == "int" and not (low.is_integer() and high.is_integer()):
+        raise UsageError(f"--param '{text}': int bounds must be whole numbers, got {parts[0]} and {parts[1]}")
+    if not low < high:
+        raise UsageError(f"--param '{text}': the low bound must be below the high one, got {low:g} and {high:g}")
+    if scale == "log" and low <= 0:
+        raise UsageError(f"--param '{text}': a log scale needs a positive low bound, got {low:g}")
+    param = Param(name, low, high, scale)
+    for bound in (low, high):  # the agent's own checks: positive fields, [0, 1] fields, recipe rules
+        try:
+            resolve_hyperparameters(agent, {name: kind(bound)})
+        except UsageError as error:
+            raise UsageError(f"--param '{text}': bound {bound:g} is invalid: {error}") from None
+    return param
+
+
+class SearchSpace:
+    def __init__(self, params: list[Param]):
+        names = [p.name for p in params]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise UsageError(f"--param given twice for {', '.join(duplicates)}")
+        if not params:
+            raise UsageError("nothing to search: give at least one --param NAME=LOW:HIGH[:log|:int]")
+        self.params = {p.name: p for p in params}
+
+    def pbounds(self) -> dict[str, tuple]:
+        return {name: p.bounds() for name, p in self.params.items()}
+
+    def settings(self, point: dict[str, float]) -> dict:
+        """Optimiser point -> hyperparameter overrides."""
+        return {name: p.value(point[name]) for name, p in self.params.items()}
+
+    def point(self, settings: dict) -> dict[str, float]:
+        """Hyperparameter overrides -> optimiser point (for registering a finished trial again on resume)."""
+        return {name: p.coordinate(settings[name]) for name, p in self.params.items()}
+
+
+# Returns of a uniformly random policy and of a good one (a well-tuned agent's at the lab's default budget),
+# per environment: multi-environment sweeps average (IQM - random) / (good - random) over environments, so
+# that each counts alike whatever its scale (as Atari's human-normalised score does).
+REFERENCE_RETURNS = {
+    "Pendulum-v1": (-1200.0, -150.0),
+    "TorchPendulum-v0": (-1200.0, -150.0),
+    "CartPole-v1": (22.0, 500.0),
+    "TorchCartPoleContinuous-v0": (22.0, 500.0),
+    "MountainCarContinuous-v0": (-33.0, 93.0),
+    "LunarLanderContinuous-v3": (-200.0, 250.0),
+    "BipedalWalker-v3": (-100.0, 300.0),
+    "HalfCheetah-v5": (-280.0, 10_000.0),
+    "Hopper-v5": (18.0, 3_500.0),
+    "Walker2d-v5": (2.0, 4_500.0),
+    "Ant-v5": (-60.0, 5_000.0),
+    "Humanoid-v5": (120.0, 5_000.0),
+}
+
+
+def check_metric_envs(envs: list[str]) -> None:
+    if len(envs) > 1:
+        missing = [env for env in envs if env not in REFERENCE_RETURNS]
+        if missing:
+            raise UsageError(f"tuning on several environments normalises each one's return by reference scores, "
+                             f"and {', '.join(missing)} has none; tune on it alone, or on environments from: "
+                             f"{', '.join(REFERENCE_RETURNS)}")
+
+
+def trial_metric(returns: dict[str, list[float]]) -> float:
+    """The target: per environment, the IQM across seeds of the final evaluation returns; with one environment
+    that IQM itself, with several the mean of their normalised IQMs (REFERENCE_RETURNS)."""
+    if len(returns) == 1:
+        (values,) = returns.values()
+        return iqm(values)
+    scores = []
+    for env, values in returns.items():
+        random_return, good_return = REFERENCE_RETURNS[env]
+        scores.append((iqm(values) - random_return) / (good_return - random_return))
+    return float(sum(scores) / len(scores))
+
+
+@dataclasses.dataclass
+class MedianPruner:
+    """Stop a trial whose report at a checkpoint is below the median of the other trials' reports there.
+
+    A checkpoint is (environment, seed, step): one evaluation of one run, so only like is compared with like.
+    Decisions start at a checkpoint's `min_reports`-th report (the first min_reports - 1 trials to report
+    there always go on), and only at checkpoints past `warmup` of their run's steps: early returns of an RL
+    agent say little about its final ones (SAC on Pendulum at a quarter of 5000 steps has barely started to
+    learn, whatever its hyperparameters). A trial is stopped when its value < median - margin * |median|, the
+    median of the values the other trials reported there.
+    """
+
+    min_reports: int = 4
+    margin: float = 0.0
+    warmup: float = 0.5
+    enabled: bool = True
+    history: dict = dataclasses.field(default_factory=dict)  # checkpoint -> {trial: value}
+
+    def should_prune(self, trial: int, checkpoint: tuple, value: float, progress: float) -> bool:
+        """Record the report made at `progress` (step / steps) of its run; True when the trial should stop."""
+        others = [v for t, v in self.history.get(checkpoint, {}).items() if t != trial]
+        self.history.setdefault(checkpoint, {})[trial] = value
+        if not self.enabled or progress < self.warmup or len(others) + 1 < self.min_reports:
+            return False
+        median = statistics.median(others)
+        return value < median - self.margin * abs(median)
