@@ -21,6 +21,8 @@ metric, for the HParams view), error.txt if it failed, and ENV/seed_S/ with each
 from __future__ import annotations
 
 import argparse
+import contextlib
+import functools
 import json
 import math
 import multiprocessing
@@ -37,7 +39,7 @@ from lab import UsageError
 from lab.cli import (RUNS, ArgumentParser, exit_on_usage_error, new_run_root, non_negative_int, positive_int,
                      resolve_device)
 from lab.rollout import RunSpec, train, write_json
-from lab.runner import INTERRUPTED, enter_worker, stop_on_sigterm, worker_slots
+from lab.runner import INTERRUPTED, enter_worker, stop_on_sigterm, stop_workers, worker_slots
 from lab.tuning import MedianPruner, Param, SearchSpace, check_metric_envs, parse_param, trial_metric
 
 CONFIG, TRIALS, OPTIMIZER, ERROR = "config.json", "trials.json", "optimizer.json", "error.txt"
@@ -55,39 +57,44 @@ def trial_worker(conn, run_root: Path, config: dict, trial: dict, threads: int, 
     per environment, steps trained), or ('failed', error, steps trained)."""
     enter_worker(threads, cpus)
     finals: dict[str, list[float]] = {}
-    steps_trained = 0
+    steps_trained, stop = 0, False
     directory = trial_dir(run_root, trial["trial"])
-    try:
-        for env, steps in config["steps"].items():
-            for seed in range(config["seeds"]):
-                def on_eval(step, value, env=env, seed=seed):
-                    conn.send(("report", env, seed, step, value))
-                    return conn.recv()
+    runs = [(env, steps, seed) for env, steps in config["steps"].items() for seed in range(config["seeds"])]
 
-                spec = RunSpec(agent=config["agent"], env=env, seed=seed, steps=steps,
-                               settings={**config["settings"], **trial["settings"]},
-                               run_dir=str(directory / env / f"seed_{seed}"), device=config["device"],
-                               eval_every=max(1, steps // config["reports"]), eval_episodes=config["eval_episodes"],
-                               log=config["log"], progress=False, checkpoint_every=0)
-                record = train_fn(spec, on_eval)
-                finals.setdefault(env, []).append(record["final_return"])  # a stopped run's: its last evaluation
-                steps_trained += record["steps"]
-                if "stopped_at" in record:
-                    conn.send(("pruned", finals, steps_trained))
-                    return
+    def on_eval(step, value, env, seed):
+        nonlocal stop
+        conn.send(("report", env, seed, step, value))
+        stop = not conn.recv()
+        return not stop
+
+    try:
+        for index, (env, steps, seed) in enumerate(runs):
+            spec = RunSpec(agent=config["agent"], env=env, seed=seed, steps=steps,
+                           settings={**config["settings"], **trial["settings"]},
+                           run_dir=str(directory / env / f"seed_{seed}"), device=config["device"],
+                           eval_every=math.ceil(steps / config["reports"]), eval_episodes=config["eval_episodes"],
+                           log=config["log"], progress=False, checkpoint_every=0)
+            record = train_fn(spec, functools.partial(on_eval, env=env, seed=seed))
+            finals.setdefault(env, []).append(record["final_return"])  # a stopped run's: its last evaluation
+            steps_trained += record["steps"]
+            # Stopped within the run, or at its last evaluation with other runs still to come.
+            if stop and ("stopped_at" in record or index < len(runs) - 1):
+                conn.send(("pruned", finals, steps_trained))
+                return
         conn.send(("complete", finals, steps_trained))
     except KeyboardInterrupt:
         return
     except BaseException as error:
         directory.mkdir(parents=True, exist_ok=True)
         (directory / ERROR).write_text(traceback.format_exc())
-        conn.send(("failed", f"{type(error).__name__}: {error}", steps_trained))
+        with contextlib.suppress(OSError):  # the sweep may be gone: then nobody is waiting for this
+            conn.send(("failed", f"{type(error).__name__}: {error}", steps_trained))
 
 
 class Sweep:
     """The optimiser, the pruner and the table of trials of one sweep, saved after every change of state."""
 
-    def __init__(self, run_root: Path, config: dict, train_fn=train):
+    def __init__(self, run_root: Path, config: dict, train_fn=train, random_state: int | None = None):
         from bayes_opt import BayesianOptimization
         from bayes_opt.acquisition import ConstantLiar, UpperConfidenceBound
         self.run_root, self.config, self.train_fn = run_root, config, train_fn
@@ -97,7 +104,8 @@ class Sweep:
         # pending point at the worst target seen so far, so the next suggestion moves away from points being
         # evaluated, as parallel workers need.
         self.optimizer = BayesianOptimization(
-            f=None, pbounds=self.space.pbounds(), random_state=config["seed"], verbose=0,
+            f=None, pbounds=self.space.pbounds(), verbose=0,
+            random_state=config["seed"] if random_state is None else random_state,
             acquisition_function=ConstantLiar(UpperConfidenceBound(kappa=2.576), strategy="min"),
             allow_duplicate_points=True)
         self.pruner = MedianPruner(config["min_reports"], config["prune_margin"], config["prune_warmup"],
@@ -106,14 +114,23 @@ class Sweep:
 
     @classmethod
     def resumed(cls, run_root: Path, train_fn=train) -> Sweep:
-        """The sweep as last saved; trials that were running are run again from the start."""
+        """The sweep as last saved; trials that were running are run again from the start.
+
+        trials.json is the record resumed from: the optimiser is rebuilt by registering its finished trials
+        in the order they were registered (a Gaussian process is its data), so it cannot disagree with the
+        table, even if the sweep died between writing the two files. The random stream is reseeded past the
+        trials made so far, so that new random points are not the old ones again."""
         try:
             config = json.loads((run_root / CONFIG).read_text())
-            sweep = cls(run_root, config, train_fn)
-            sweep.trials = json.loads((run_root / TRIALS).read_text())
-            if (run_root / OPTIMIZER).exists():
-                sweep.optimizer.load_state(run_root / OPTIMIZER)
+            resolve_device(config["device"])
+            trials = json.loads((run_root / TRIALS).read_text()) if (run_root / TRIALS).exists() else []
+            sweep = cls(run_root, config, train_fn, random_state=config["seed"] + 1_000_003 * len(trials))
+            sweep.trials = trials
+            for trial in sorted((t for t in trials if t["status"] in FINISHED), key=lambda t: t["registered"]):
+                sweep.optimizer.register(params=trial["point"], target=trial["metric"])
         except (OSError, ValueError, KeyError, TypeError) as error:
+            if isinstance(error, UsageError):
+                raise UsageError(f"cannot resume '{run_root}': {error}") from None
             raise UsageError(f"cannot resume '{run_root}': its files are missing or damaged ({error!r})") from None
         for trial in sweep.trials:
             if trial["status"] in ("running", "interrupted"):
@@ -149,16 +166,26 @@ class Sweep:
         queued = sum(trial["status"] == "queued" for trial in self.trials)
         return queued + self.config["trials"] - len(self.trials)
 
-    def finish(self, trial: dict, status: str, finals: dict | None, steps: int, error: str | None = None) -> None:
-        trial.update(status=status, steps=steps, error=error, wall_s=round(time.time() - trial.pop("started"), 1))
-        if status in FINISHED:
-            trial["metric"] = trial_metric(finals)
-            if not math.isfinite(trial["metric"]):
-                trial.update(status="failed", error=f"metric is {trial['metric']}", metric=None)
+    def finish(self, trial: dict, outcome: tuple) -> None:
+        """Record a trial's outcome (a worker's last message) and register it with the optimiser."""
+        status, *result = outcome
+        if status == "failed":
+            error, steps = result
+            trial.update(status="failed", error=error)
+        else:
+            finals, steps = result
+            metric = trial_metric(finals, list(self.config["steps"]))
+            if math.isfinite(metric):
+                trial.update(status=status, metric=metric)
+            else:
+                trial.update(status="failed", error=f"metric is {metric}")
+        trial.update(steps=steps, wall_s=round(time.time() - trial.pop("started"), 1))
         if trial["status"] in FINISHED:
+            trial["registered"] = sum(t["status"] in FINISHED for t in self.trials) - 1  # the order, for resume
             self.optimizer.register(params=trial["point"], target=trial["metric"])
-            self.log_hparams(trial)
         self.save()
+        if trial["status"] in FINISHED:
+            self.log_hparams(trial)
         value = f"{trial['metric']:.2f}" if trial["metric"] is not None else trial["error"]
         print(f"[trial {trial['trial']}] {trial['status']}: {value}  ({describe(trial['settings'])})", flush=True)
 
@@ -193,26 +220,24 @@ class Sweep:
                     break
                 for conn in wait(list(running)):
                     process, trial, slot = running[conn]
-                    if self.receive(conn, trial):
+                    outcome = self.receive(conn, trial)
+                    if outcome is None:
                         continue
-                    del running[conn]
+                    del running[conn]  # before finishing it: an interruption now must not mark it interrupted
                     process.join()
                     free.append(slot)
+                    self.finish(trial, outcome)
         except KeyboardInterrupt:
             interrupted = True
-            signal.signal(signal.SIGINT, signal.SIG_IGN)
-            for process, trial, _ in running.values():
-                if process.is_alive():
-                    os.kill(process.pid, signal.SIGINT)
-            deadline = time.monotonic() + 30
-            for process, trial, _ in running.values():
-                process.join(max(0.0, deadline - time.monotonic()))
-                if process.is_alive():
-                    process.terminate()
-                    process.join()
+            stop_workers([process for process, _, _ in running.values()])
+            for _, trial, _ in running.values():
                 trial["status"] = "interrupted"
                 trial.pop("started", None)
             self.save()
+        except BaseException:
+            # Any other failure of the sweep itself: its workers, left waiting for decisions, must not outlive it.
+            stop_workers([process for process, _, _ in running.values()])
+            raise
         print()
         print(self.table())
         if interrupted:
@@ -220,27 +245,21 @@ class Sweep:
             return INTERRUPTED
         return 1 if any(trial["status"] == "failed" for trial in self.trials) else 0
 
-    def receive(self, conn, trial: dict) -> bool:
-        """Handle one message of a trial's worker; False once the trial is over."""
+    def receive(self, conn, trial: dict) -> tuple | None:
+        """Handle one message of a trial's worker: a report is answered with the pruner's decision (None is
+        returned); the trial's outcome is returned as it came."""
         try:
             message = conn.recv()
         except EOFError:  # the worker died without a word: killed, or out of memory
-            self.finish(trial, "failed", None, trial["steps"], "worker died (killed by a signal or out of memory?)")
-            return False
-        kind = message[0]
-        if kind == "report":
-            _, env, seed, step, value = message
-            trial["reports"].append([env, seed, step, value])
-            progress = step / self.config["steps"][env]
+            return ("failed", "worker died (killed by a signal or out of memory?)", trial["steps"])
+        if message[0] != "report":
+            return message
+        _, env, seed, step, value = message
+        trial["reports"].append([env, seed, step, value])
+        progress = step / self.config["steps"][env]
+        with contextlib.suppress(OSError):  # a worker that died after reporting: its EOF comes next
             conn.send(not self.pruner.should_prune(trial["trial"], (env, seed, step), value, progress))
-            return True
-        if kind == "failed":
-            _, error, steps = message
-            self.finish(trial, "failed", None, steps, error)
-        else:
-            _, finals, steps = message
-            self.finish(trial, kind, finals, steps)
-        return False
+        return None
 
     def table(self) -> str:
         """The trials ranked by metric (failed and unfinished ones last), then the best as a ready command."""
@@ -288,10 +307,10 @@ def plan(args) -> tuple[Path, dict]:
     from agents import make_agent, resolve_hyperparameters
     from envs import make_env, resolve_envs
     device = resolve_device(args.device)
-    params = [parse_param(text, args.agent) for text in args.param]
+    fixed = resolve_hyperparameters(args.agent, args.set)  # the preset's values, then --set's
+    params = [parse_param(text, args.agent, fixed) for text in args.param]
     space = SearchSpace(params)
-    fixed = resolve_hyperparameters(args.agent, args.set)
-    clash = sorted(set(fixed) & set(space.params))
+    clash = sorted({text.partition("=")[0].strip() for text in args.set} & set(space.params))
     if clash:
         raise UsageError(f"{', '.join(clash)} both searched (--param) and fixed (--set); choose one")
     budgets = resolve_envs(args.envs)

@@ -15,13 +15,13 @@ import multiprocessing
 import os
 import signal
 import sys
-import time
 from multiprocessing.connection import wait
 from pathlib import Path
 
 from lab.cli import ArgumentParser, add_run_arguments, exit_on_usage_error, listing, positive_int
 from lab.rollout import RESULT, RunSpec, train
-from lab.runner import ERROR, INTERRUPTED, enter_worker, report_failure, run_plan, worker_slots, write_failure
+from lab.runner import (ERROR, INTERRUPTED, enter_worker, report_failure, run_plan, stop_workers, worker_slots,
+                        write_failure)
 
 
 def worker(spec: RunSpec, threads: int, cpus: list[int] | None) -> None:
@@ -62,16 +62,8 @@ def schedule(specs: list[RunSpec], workers: int) -> tuple[list[dict], list[dict]
                 (records if "final_return" in outcome else failures).append(outcome)
     except KeyboardInterrupt:
         interrupted = True
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        stop_workers([process for process, _, _ in running.values()])
         for process, spec, _ in running.values():
-            if process.is_alive():
-                os.kill(process.pid, signal.SIGINT)
-        deadline = time.monotonic() + 30
-        for process, spec, _ in running.values():
-            process.join(max(0.0, deadline - time.monotonic()))
-            if process.is_alive():
-                process.terminate()
-                process.join()
             outcome = collect(process, spec)  # a run may have finished in the meantime
             (records if "final_return" in outcome else failures).append(outcome)
         failures += [{"agent": spec.agent, "env": spec.env, "seed": spec.seed, "error": "not started"}

@@ -13,16 +13,18 @@ Ctrl-C stops the current one, keeps its logs, and writes results.json for those 
 
 from __future__ import annotations
 
+import signal
 import sys
 
 from lab.cli import ArgumentParser, add_run_arguments, exit_on_usage_error, listing, positive_int
 from lab.rollout import RunSpec, train
-from lab.runner import report_failure, run_plan, write_failure
+from lab.runner import interrupt_once, report_failure, run_plan, write_failure
 
 
 def run_here(specs: list[RunSpec]) -> tuple[list[dict], list[dict], bool]:
     """The runs one after another in this process; a failure is recorded and the next run starts."""
     records, failures = [], []
+    signal.signal(signal.SIGINT, interrupt_once)  # a second Ctrl-C must not cut the closing of the logs short
     for index, spec in enumerate(specs):
         try:
             records.append(train(spec))

@@ -267,6 +267,10 @@ def train(spec: RunSpec, on_eval: Callable[[int, float], bool] | None = None) ->
     except BaseException:
         if writer:
             writer.close()  # an interrupted or crashed run still leaves readable events
+        if isinstance(envs, gym.vector.AsyncVectorEnv):
+            # Their processes may be gone already (Ctrl-C reaches them too): asking them to close would
+            # raise, in place of the error being unwound.
+            envs.close(terminate=True)
         raise
     finally:
         state["step"], state["wall_s"] = step, state["wall_s"] + time.perf_counter() - started

@@ -62,6 +62,21 @@ def enter_worker(threads: int, cpus: list[int] | None) -> None:
         os.sched_setaffinity(0, cpus)
 
 
+def stop_workers(processes: list, grace_s: float = 30.0) -> None:
+    """After Ctrl-C: pass it on to every worker still running, give them `grace_s` to close their logs, then
+    terminate the stragglers. Further Ctrl-Cs are ignored meanwhile, so that the closing is not cut short."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    for process in processes:
+        if process.is_alive():
+            os.kill(process.pid, signal.SIGINT)
+    deadline = time.monotonic() + grace_s
+    for process in processes:
+        process.join(max(0.0, deadline - time.monotonic()))
+        if process.is_alive():
+            process.terminate()
+            process.join()
+
+
 def stop_on_sigterm(signum, frame):
     raise KeyboardInterrupt  # a kill or a scheduler's timeout stops the runs as Ctrl-C does
 

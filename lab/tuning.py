@@ -43,12 +43,10 @@ class Param:
             return int(min(max(round(x), self.low), self.high))
         return float(x)
 
-    def coordinate(self, value) -> float:
-        return math.log10(value) if self.scale == "log" else float(value)
 
-
-def parse_param(text: str, agent: str) -> Param:
-    """'q_lr=1e-4:3e-3:log' -> Param, checked against the agent's hyperparameter dataclass."""
+def parse_param(text: str, agent: str, fixed: dict | None = None) -> Param:
+    """'q_lr=1e-4:3e-3:log' -> Param, checked against the agent's hyperparameter dataclass and, at both
+    bounds, against the agent's own checks with the `fixed` hyperparameters of every trial."""
     form = "expected NAME=LOW:HIGH[:log|:int], e.g. q_lr=1e-4:3e-3:log"
     name, sep, spec = text.partition("=")
     name = name.strip()
@@ -81,7 +79,7 @@ def parse_param(text: str, agent: str) -> Param:
     param = Param(name, low, high, scale)
     for bound in (low, high):  # the agent's own checks: positive fields, [0, 1] fields, recipe rules
         try:
-            resolve_hyperparameters(agent, {name: kind(bound)})
+            resolve_hyperparameters(agent, {**(fixed or {}), name: kind(bound)})
         except UsageError as error:
             raise UsageError(f"--param '{text}': bound {bound:g} is invalid: {error}") from None
     return param
@@ -103,10 +101,6 @@ class SearchSpace:
     def settings(self, point: dict[str, float]) -> dict:
         """Optimiser point -> hyperparameter overrides."""
         return {name: p.value(point[name]) for name, p in self.params.items()}
-
-    def point(self, settings: dict) -> dict[str, float]:
-        """Hyperparameter overrides -> optimiser point (for registering a finished trial again on resume)."""
-        return {name: p.coordinate(settings[name]) for name, p in self.params.items()}
 
 
 # Returns of a uniformly random policy and of a good one (a well-tuned agent's at the lab's default budget),
@@ -137,16 +131,16 @@ def check_metric_envs(envs: list[str]) -> None:
                              f"{', '.join(REFERENCE_RETURNS)}")
 
 
-def trial_metric(returns: dict[str, list[float]]) -> float:
+def trial_metric(returns: dict[str, list[float]], envs: list[str]) -> float:
     """The target: per environment, the IQM across seeds of the final evaluation returns; with one environment
-    that IQM itself, with several the mean of their normalised IQMs (REFERENCE_RETURNS)."""
-    if len(returns) == 1:
-        (values,) = returns.values()
-        return iqm(values)
+    that IQM itself, with several the mean over `envs` of their normalised IQMs (REFERENCE_RETURNS). An
+    environment a pruned trial never reached counts as a random policy's (0): stopping early never helps."""
+    if len(envs) == 1:
+        return iqm(returns[envs[0]])
     scores = []
-    for env, values in returns.items():
+    for env in envs:
         random_return, good_return = REFERENCE_RETURNS[env]
-        scores.append((iqm(values) - random_return) / (good_return - random_return))
+        scores.append((iqm(returns[env]) - random_return) / (good_return - random_return) if env in returns else 0.0)
     return float(sum(scores) / len(scores))
 
 

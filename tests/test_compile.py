@@ -23,6 +23,9 @@ def test_compiled_networks_give_the_eager_updates(agent_name):
         for key in want:
             torch.testing.assert_close(got[key], want[key], rtol=2e-3, atol=1e-4)
     assert all(torch.isfinite(value) for metrics in produced for value in metrics.values())
+    networks = [item for item in compiled.checkpointed.values() if isinstance(item, torch.nn.Module)] \
+        if hasattr(compiled, "checkpointed") else [compiled.network.actor_mean, compiled.network.critic]
+    assert all(network._compiled_call_impl is not None for network in networks)  # BRO's: after 4 resets
     obs = torch.randn(2, 3, generator=torch.Generator().manual_seed(5))
     torch.testing.assert_close(compiled.act(obs, explore=False), eager.act(obs, explore=False), rtol=1e-3, atol=1e-3)
 

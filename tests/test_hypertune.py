@@ -34,6 +34,8 @@ def synthetic_train(spec, on_eval):
     trial = int(Path(spec.run_dir).parents[1].name.removeprefix("trial_"))  # runs/NAME/trial_NNN/ENV/seed_S
     if trial >= int(os.environ.get("SYNTHETIC_SLOW_FROM", "1000000")):
         time.sleep(300)
+    if trial == int(os.environ.get("SYNTHETIC_DIE_AT", "-1")):
+        os._exit(9)  # as if killed: no message, no error file
     evaluations = []
     for step in range(spec.eval_every, spec.steps + 1, spec.eval_every):
         evaluations.append((step, value - 2.0 * (spec.steps - step) / spec.steps))
@@ -90,7 +92,6 @@ def test_the_search_space_maps_log_and_int_parameters():
     assert settings == {"q_lr": pytest.approx(1e-3), "batch_size": 100, "tau": 0.01}
     assert isinstance(settings["batch_size"], int)
     assert space.settings({"q_lr": -3.0, "batch_size": 512.5, "tau": 0.01})["batch_size"] == 512  # the edge
-    assert space.point(settings) == pytest.approx({"q_lr": -3.0, "batch_size": 100.0, "tau": 0.01})
 
 
 BAD_PARAMS = [
@@ -113,6 +114,12 @@ def test_bad_search_spaces_are_refused_with_the_reason(text, message):
     with pytest.raises(UsageError) as error:
         parse_param(text, "sac_baseline")
     assert message in str(error.value)
+
+
+def test_bounds_are_checked_with_the_hyperparameters_every_trial_fixes():
+    parse_param("elites=2:20:int", "crossq_cem")  # below the default population of 32
+    with pytest.raises(UsageError, match=r"bound 20 is invalid: .*elites \(20\) must not exceed population \(10\)"):
+        parse_param("elites=2:20:int", "crossq_cem", {"population": 10})
 
 
 def test_bad_input_on_the_command_line_is_one_line_exit_2_and_leaves_nothing(tmp_path):
@@ -167,6 +174,14 @@ def test_a_crashing_trial_is_recorded_and_the_sweep_goes_on(tmp_path, monkeypatc
     assert "Traceback" in (sweep.run_root / f"trial_{failed[0]['trial']:03d}" / "error.txt").read_text()
 
 
+def test_a_worker_that_dies_without_a_word_is_a_failed_trial(tmp_path, monkeypatch):
+    monkeypatch.setenv("SYNTHETIC_DIE_AT", "1")
+    sweep = new_sweep(tmp_path, trials=4)
+    assert sweep.run(workers=2) == 1
+    assert [t["status"] == "failed" for t in sweep.trials] == [False, True, False, False]
+    assert "worker died" in sweep.trials[1]["error"]
+
+
 def test_an_interrupted_sweep_resumes_with_its_registered_history(tmp_path, monkeypatch):
     monkeypatch.setenv("SYNTHETIC_SLOW_FROM", "5")  # trials 5 and on hang until interrupted
     sweep = new_sweep(tmp_path, trials=10)
@@ -207,9 +222,11 @@ def test_an_interrupted_sweep_resumes_with_its_registered_history(tmp_path, monk
 
 
 def test_the_metric_is_the_iqm_and_normalises_across_environments():
-    assert trial_metric({"Pendulum-v1": [-100.0, -200.0, -300.0, -1000.0]}) == -250.0
+    assert trial_metric({"Pendulum-v1": [-100.0, -200.0, -300.0, -1000.0]}, ["Pendulum-v1"]) == -250.0
     # Pendulum: (-150 - -1200) / (-150 - -1200) = 1; CartPole: (261 - 22) / (500 - 22) = 0.5
-    assert trial_metric({"Pendulum-v1": [-150.0], "CartPole-v1": [261.0]}) == pytest.approx(0.75)
+    both = ["Pendulum-v1", "CartPole-v1"]
+    assert trial_metric({"Pendulum-v1": [-150.0], "CartPole-v1": [261.0]}, both) == pytest.approx(0.75)
+    assert trial_metric({"Pendulum-v1": [-150.0]}, both) == pytest.approx(0.5)  # pruned before CartPole: 0 there
 
 
 def test_hypertune_runs_a_real_agent_end_to_end(tmp_path):

@@ -35,7 +35,7 @@ def test_every_agent_learns_from_a_batch_of_torch_environments(tmp_path):
         events.Reload()
         scalars = events.Tags()["scalars"]
         assert any(tag.startswith("agent/") for tag in scalars), (record["agent"], scalars)  # it updated
-        # 4 copies of 200-step episodes: 8 ended by step 1600 (the 4 running at the end are not counted)
+        # 4 copies of 200-step episodes, 400 steps each: 8 episodes
         assert len(events.Scalars("charts/episodic_return")) == 8
 
 
@@ -63,10 +63,13 @@ def test_bad_input_is_one_line_exit_2_and_leaves_nothing(tmp_path, args, message
     assert not (tmp_path / "runs").exists()
 
 
-def test_ctrl_c_keeps_the_logs_and_resume_finishes_every_run(tmp_path):
-    args = ["--agent", "sac_baseline:quick", "--envs", "TorchPendulum-v0", "--seeds", "2", "--num-envs", "2",
-            "--steps", "2000", "--eval-every", "400", "--eval-episodes", "1", "--checkpoint-every", "400",
-            "--set", "learning_starts=200", "--name", "stop"]
+@pytest.mark.parametrize("env,vectorisation", [("TorchPendulum-v0", "sync"), ("Pendulum-v1", "async")])
+def test_ctrl_c_keeps_the_logs_and_resume_finishes_every_run(tmp_path, env, vectorisation):
+    """With asynchronous environments Ctrl-C reaches their processes too; the run must still end as
+    interrupted, and resume."""
+    args = ["--agent", "sac_baseline:quick", "--envs", env, "--seeds", "2", "--num-envs", "2", "--vectorisation",
+            vectorisation, "--steps", "2000", "--eval-every", "400", "--eval-episodes", "1", "--checkpoint-every",
+            "400", "--set", "learning_starts=200", "--name", "stop"]
     process = subprocess.Popen([sys.executable, str(ROOT / "learn_vectorised.py"), *args], cwd=tmp_path,
                                env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True, start_new_session=True)
@@ -83,7 +86,7 @@ def test_ctrl_c_keeps_the_logs_and_resume_finishes_every_run(tmp_path):
     run = tmp_path / "runs" / "stop"
     results = json.loads((run / "results.json").read_text())
     assert results["interrupted"] and [f["error"] for f in results["failures"]] == ["interrupted", "not started"]
-    seed_dir = run / "sac_baseline-quick" / "TorchPendulum-v0" / "seed_0"
+    seed_dir = run / "sac_baseline-quick" / env / "seed_0"
     assert (seed_dir / "checkpoint.pt").exists(), output
 
     resumed = learn_vectorised(tmp_path, "--resume", "stop")
