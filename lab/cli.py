@@ -16,6 +16,7 @@ from lab import UsageError
 from lab.rollout import COMPILE_MODES, RunSpec, run_dir_name
 
 RUNS = Path("runs")
+BASELINES = RUNS / "baseline"  # runs kept as references: plot.py overlays them on the pictures of others
 CONFIG = "config.json"
 
 
@@ -75,6 +76,9 @@ def add_run_arguments(parser: argparse.ArgumentParser, device: str = "cpu") -> N
     parser.add_argument("--compile", choices=list(COMPILE_MODES), default="off",
                         help="torch.compile the agent's networks (on), and on CUDA also capture them as CUDA graphs "
                              "(cudagraphs); default off: on a CPU compiling is slower (see the README)")
+    parser.add_argument("--baseline", action="store_true",
+                        help="write the run under runs/baseline/ instead of runs/: a reference that plot.py "
+                             "overlays on the pictures of later runs on the same environments")
     parser.add_argument("--list", action="store_true", help="list agents, presets, hyperparameters and suites")
 
 
@@ -126,7 +130,7 @@ def plan_runs(args, parser, runs_root: Path = RUNS) -> tuple[Path, list[RunSpec]
             make_agent(agent, env.observation_space, env.action_space, device="cpu", total_steps=1,
                        settings=settings[agent])
         env.close()
-    run_root = new_run_root(args.name, runs_root)
+    run_root = new_run_root(args.name, runs_root / BASELINES.name if args.baseline else runs_root)
     config = {"agents": list(settings), "envs": {env_id: args.steps or steps for env_id, steps in budgets.items()},
               "seeds": args.seeds, "device": device, "settings": settings,
               "log": args.log, "log_every": args.log_every,
@@ -156,7 +160,7 @@ def specs_from_config(run_root: Path, config: dict, resume: bool) -> list[RunSpe
 
 # Options that define the runs: a resumed run keeps those it was started with.
 RUN_OPTIONS = ("agent", "envs", "seeds", "steps", "device", "set", "name", "log", "log_every", "eval_every",
-               "eval_episodes", "checkpoint_every", "num_envs", "vectorisation", "compile")
+               "eval_episodes", "checkpoint_every", "num_envs", "vectorisation", "compile", "baseline")
 
 
 def resume_plan(args, parser, runs_root: Path) -> tuple[Path, list[RunSpec], dict]:

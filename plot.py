@@ -1,0 +1,156 @@
+"""Learning curves and final scores of runs: the IQM across seeds with 95% stratified bootstrap intervals.
+
+    python plot.py runs/NAME                         # writes runs/NAME/plots/
+    python plot.py runs/NAME runs/OTHER --out figures # several runs on the same axes
+    python plot.py runs/NAME --no-baseline           # without the stored baselines
+
+Per environment, ENV_curves.png (evaluation return against environment steps, one line per agent: the
+IQM across seeds, with its 95% interval as a band) and ENV_final.png (each agent's final IQM with its
+interval); summary.md tabulates the final figures and links the pictures. Runs stored as baselines
+(`learn_simple.py --baseline`: under runs/baseline/) are overlaid where they share an environment. A run's
+finished seeds come from its results.json; seeds that did not finish (interrupted, failed) from their
+TensorBoard `eval/return`. Statistics as in rliable: lab/stats.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+from lab import UsageError
+from lab.cli import BASELINES, ArgumentParser, exit_on_usage_error
+from lab.rollout import run_dir_name
+from lab.stats import stratified_bootstrap_ci
+
+Curves = dict  # (agent label, env) -> {seed: [(step, return), ...]}
+
+
+def load_run(run_root: Path) -> Curves:
+    """Every seed's evaluations in one run: results.json's records, then the TensorBoard logs of the seed
+    directories it does not have."""
+    if not (run_root / "results.json").exists() and not (run_root / "config.json").exists():
+        raise UsageError(f"{run_root} is not a run directory (no results.json or config.json); "
+                         f"give runs/NAME as learn_simple.py or learn_vectorised.py wrote it")
+    curves: Curves = defaultdict(dict)
+    records = json.loads((run_root / "results.json").read_text())["records"] \
+        if (run_root / "results.json").exists() else []
+    for record in records:
+        curves[record["agent"], record["env"]][record["seed"]] = [tuple(e) for e in record["evaluations"]]
+    config = json.loads((run_root / "config.json").read_text()) if (run_root / "config.json").exists() else {}
+    agent_of_directory = {run_dir_name(agent): agent for agent in config.get("agents", [])}
+    for seed_dir in sorted({path.parent for path in run_root.glob("*/*/seed_*/events.out.tfevents.*")}):
+        directory, env, seed = seed_dir.parent.parent.name, seed_dir.parent.name, int(seed_dir.name[5:])
+        agent = agent_of_directory.get(directory, directory)
+        if seed not in curves.get((agent, env), {}):
+            evaluations = tensorboard_evaluations(seed_dir)
+            if evaluations:
+                curves[agent, env][seed] = evaluations
+    return curves
+
+
+def tensorboard_evaluations(seed_dir: Path) -> list[tuple[int, float]]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    events = EventAccumulator(str(seed_dir), size_guidance={"scalars": 0})
+    events.Reload()
+    if "eval/return" not in events.Tags()["scalars"]:
+        return []
+    return [(event.step, event.value) for event in events.Scalars("eval/return")]
+
+
+def curve_statistics(seeds: dict[int, list]) -> tuple[np.ndarray, np.ndarray]:
+    """Steps [n] and (IQM, low, high) [n, 3] at every evaluation step that at least half the seeds reached."""
+    by_step = defaultdict(list)
+    for evaluations in seeds.values():
+        for step, value in evaluations:
+            by_step[step].append(value)
+    steps = sorted(step for step, values in by_step.items() if 2 * len(values) >= len(seeds))
+    return np.array(steps), np.array([stratified_bootstrap_ci(np.array(by_step[step])) for step in steps])
+
+
+def final_returns(seeds: dict[int, list]) -> np.ndarray:
+    return np.array([evaluations[-1][1] for evaluations in seeds.values() if evaluations])
+
+
+def plot(run_roots: list[Path], out: Path, baselines: list[Path] = ()) -> Path:
+    import matplotlib
+    matplotlib.use("Agg")  # files only: no display needed
+    import matplotlib.pyplot as plt
+
+    curves: Curves = {}
+    for run_root in run_roots:
+        for (agent, env), seeds in load_run(run_root).items():
+            label = agent if len(run_roots) == 1 else f"{agent} ({run_root.name})"
+            curves[label, env] = seeds
+    environments = {env for _, env in curves}
+    for baseline in baselines:
+        for (agent, env), seeds in load_run(baseline).items():
+            if env in environments:
+                curves[f"{agent} (baseline {baseline.name})", env] = seeds
+    if not curves:
+        raise UsageError(f"no evaluations found in {', '.join(map(str, run_roots))}")
+    out.mkdir(parents=True, exist_ok=True)
+    rows = ["| environment | agent | seeds | final IQM | 95% CI |", "|---|---|---|---|---|"]
+    pictures = []
+    for env in dict.fromkeys(env for _, env in curves):
+        agents = [agent for agent, e in curves if e == env]
+        figure, axes = plt.subplots(figsize=(7, 4.5))
+        for agent in agents:
+            steps, stats = curve_statistics(curves[agent, env])
+            line, = axes.plot(steps, stats[:, 0], label=f"{agent} ({len(curves[agent, env])} seeds)")
+            axes.fill_between(steps, stats[:, 1], stats[:, 2], color=line.get_color(), alpha=0.25, linewidth=0)
+        axes.set(title=f"{env}: IQM over seeds, 95% bootstrap CI", xlabel="environment steps",
+                 ylabel="evaluation return")
+        axes.grid(alpha=0.3)
+        axes.legend()
+        figure.tight_layout()
+        name = env.replace(":", "_").replace("/", "_")
+        figure.savefig(out / f"{name}_curves.png", dpi=120)
+        plt.close(figure)
+
+        finals = {agent: stratified_bootstrap_ci(final_returns(curves[agent, env])) for agent in agents}
+        figure, axes = plt.subplots(figsize=(7, 1.2 + 0.5 * len(agents)))
+        positions = np.arange(len(agents))
+        values = np.array([finals[agent] for agent in agents])
+        axes.barh(positions, values[:, 0], xerr=[values[:, 0] - values[:, 1], values[:, 2] - values[:, 0]],
+                  color="tab:blue", alpha=0.7, capsize=4)
+        axes.set_yticks(positions, agents)
+        axes.set(title=f"{env}: final IQM, 95% bootstrap CI", xlabel="final evaluation return")
+        axes.grid(alpha=0.3, axis="x")
+        figure.tight_layout()
+        figure.savefig(out / f"{name}_final.png", dpi=120)
+        plt.close(figure)
+        pictures += [f"{name}_curves.png", f"{name}_final.png"]
+        for agent in agents:
+            value, low, high = finals[agent]
+            rows.append(f"| {env} | {agent} | {len(curves[agent, env])} | {value:.1f} | [{low:.1f}, {high:.1f}] |")
+    summary = out / "summary.md"
+    summary.write_text(f"# {', '.join(run.name for run in run_roots)}\n\n" + "\n".join(rows) + "\n\n"
+                       + "\n".join(f"![{picture}]({picture})" for picture in pictures) + "\n")
+    return summary
+
+
+def main() -> int:
+    parser = ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("runs", nargs="+", type=Path, metavar="RUN", help="run directories (runs/NAME)")
+    parser.add_argument("--out", type=Path, default=None, help="where to write (default: the first run's plots/)")
+    parser.add_argument("--baseline", action=argparse.BooleanOptionalAction, default=True,
+                        help=f"overlay the runs stored in {BASELINES}/ (default on)")
+    args = parser.parse_args()
+    for run_root in args.runs:
+        if not run_root.is_dir():
+            raise UsageError(f"no run directory {run_root}")
+    given = {run_root.resolve() for run_root in args.runs}
+    baselines = [path for path in sorted(BASELINES.glob("*")) if path.is_dir() and path.resolve() not in given] \
+        if args.baseline else []
+    summary = plot(args.runs, args.out or args.runs[0] / "plots", baselines)
+    print(f"wrote {summary.parent}: {', '.join(sorted(p.name for p in summary.parent.iterdir()))}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(exit_on_usage_error(main))
