@@ -31,6 +31,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from agents import AGENTS  # noqa: E402  (after the path is set)
+from benchmarks.report import write_markdown  # noqa: E402
 
 ENV = "HalfCheetah-v5"
 SAC_WARMUP, SAC_STEPS, PPO_STEPS = 1000, 6000, 20480
@@ -213,6 +214,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--scaling", action="store_true", help="also time 1 worker alone vs 2 workers at once")
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
+    parser.add_argument("--markdown", type=Path, help="also write the table, dated, with machine and command")
     args = parser.parse_args()
     core = sorted(os.sched_getaffinity(0))[0]
     figures = {}
@@ -230,8 +232,8 @@ def main() -> None:
         together = in_processes([(lab_sac, 0, cores[0]), (lab_sac, 1, cores[1])])
         figures["scaling"] = {"one worker": alone, "two workers": together}
 
-    print(f"\n## Throughput on {ENV}, one core each (median (min-max) of {args.repeats})\n")
-    print("| contender | settings | steps/s | vs peer |\n|---|---|---|---|")
+    title = f"Throughput on {ENV}, one core each (median (min-max) of {args.repeats})"
+    rows = ["| contender | settings | steps/s | vs peer |", "|---|---|---|---|"]
     for group in args.only:
         samples = figures[group]
         reference = statistics.median(samples[REFERENCE[group]]) if REFERENCE.get(group) in samples else None
@@ -239,11 +241,14 @@ def main() -> None:
             median = statistics.median(values)
             ratio = f"{median / reference:.2f}x" if reference else "-"
             spread = f"{rate(min(values))}-{rate(max(values))}"
-            print(f"| {name} | {SETTINGS[group]} | {rate(median)} ({spread}) | {ratio} |")
+            rows.append(f"| {name} | {SETTINGS[group]} | {rate(median)} ({spread}) | {ratio} |")
     if args.scaling:
         alone, together = figures["scaling"]["one worker"][0], sum(figures["scaling"]["two workers"])
-        print(f"\nlab sac_baseline, one worker alone: {alone:.0f} steps/s; two workers on two cores: "
-              f"{together:.0f} steps/s in total ({together / alone:.2f}x)")
+        rows += ["", f"lab sac_baseline, one worker alone: {alone:.0f} steps/s; two workers on two cores: "
+                     f"{together:.0f} steps/s in total ({together / alone:.2f}x)"]
+    print(f"\n## {title}\n\n" + "\n".join(rows))
+    if args.markdown:
+        write_markdown(args.markdown, title, "\n".join(rows))
     if args.json:
         args.json.write_text(json.dumps(figures, indent=1))
 

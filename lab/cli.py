@@ -76,6 +76,9 @@ def add_run_arguments(parser: argparse.ArgumentParser, device: str = "cpu") -> N
     parser.add_argument("--compile", choices=list(COMPILE_MODES), default="off",
                         help="torch.compile the agent's networks (on), and on CUDA also capture them as CUDA graphs "
                              "(cudagraphs); default off: on a CPU compiling is slower (see the README)")
+    parser.add_argument("--video", type=non_negative_int, default=0, metavar="EPISODES",
+                        help="record this many episodes of each run's final policy to its video.gif and "
+                             "TensorBoard (default 0: none)")
     parser.add_argument("--baseline", action="store_true",
                         help="write the run under runs/baseline/ instead of runs/: a reference that plot.py "
                              "overlays on the pictures of later runs on the same environments")
@@ -136,7 +139,7 @@ def plan_runs(args, parser, runs_root: Path = RUNS) -> tuple[Path, list[RunSpec]
               "log": args.log, "log_every": args.log_every,
               "eval_every": args.eval_every, "eval_episodes": args.eval_episodes,
               "checkpoint_every": args.checkpoint_every, "num_envs": getattr(args, "num_envs", 1),
-              "vectorisation": getattr(args, "vectorisation", "sync"), "compile": args.compile,
+              "vectorisation": getattr(args, "vectorisation", "sync"), "compile": args.compile, "video": args.video,
               "command": sys.argv}
     return run_root, specs_from_config(run_root, config, resume=False), config
 
@@ -154,13 +157,14 @@ def specs_from_config(run_root: Path, config: dict, resume: bool) -> list[RunSpe
                     eval_episodes=config["eval_episodes"],
                     checkpoint_every=config["checkpoint_every"], num_envs=config.get("num_envs", 1),
                     vectorisation=config.get("vectorisation", "sync"), compile=config.get("compile", "off"),
-                    resume=resume))
+                    video_episodes=config.get("video", 0), resume=resume))
     return specs
 
 
 # Options that define the runs: a resumed run keeps those it was started with.
 RUN_OPTIONS = ("agent", "envs", "seeds", "steps", "device", "set", "name", "log", "log_every", "eval_every",
-               "eval_episodes", "checkpoint_every", "num_envs", "vectorisation", "compile", "baseline")
+               "eval_episodes", "checkpoint_every", "num_envs", "vectorisation", "compile", "video",
+               "baseline")
 
 
 def resume_plan(args, parser, runs_root: Path) -> tuple[Path, list[RunSpec], dict]:

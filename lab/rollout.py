@@ -17,6 +17,7 @@ import functools
 import json
 import math
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Callable
@@ -33,6 +34,7 @@ from envs.torch_envs import TorchVectorEnv
 COMPILE_MODES = {"off": None, "on": "default", "cudagraphs": "reduce-overhead"}
 EVAL_SEED_OFFSET = 1_000_003  # evaluation episodes use seeds disjoint from training ones (and across runs)
 CHECKPOINT = "checkpoint.pt"
+VIDEO = "video.gif"
 RESULT = "result.json"
 
 
@@ -55,6 +57,7 @@ class RunSpec:
     checkpoint_every: int = 0  # steps between checkpoints (taken at the next episode boundary); 0: none
     resume: bool = False  # continue from run_dir's checkpoint when there is one
     progress: bool = True  # print a line at each evaluation
+    video_episodes: int = 0  # episodes of the final policy recorded to video.gif (and TensorBoard); 0: none
 
     @property
     def label(self) -> str:
@@ -287,6 +290,11 @@ def train(spec: RunSpec, on_eval: Callable[[int, float], bool] | None = None) ->
     }
     if stopped_at is not None:
         record["stopped_at"] = stopped_at
+    if spec.video_episodes and run_dir is not None:
+        try:
+            record_video(agent, spec, device, run_dir / VIDEO, writer, step)
+        except Exception as error:  # a machine that cannot render must not cost the run its results
+            print(f"[{spec.label}] no video: {type(error).__name__}: {error}", file=sys.stderr, flush=True)
     if writer:
         writer.add_hparams({k: v for k, v in {**record["hyperparameters"], "env": spec.env, "seed": spec.seed}.items()
                             if isinstance(v, (int, float, str, bool))},
@@ -297,6 +305,37 @@ def train(spec: RunSpec, on_eval: Callable[[int, float], bool] | None = None) ->
         if stopped_at is None and checkpoint_path.exists():  # a finished run needs none, and it can be large
             checkpoint_path.unlink()
     return record
+
+
+def record_video(agent, spec: RunSpec, device, path: Path, writer, step: int) -> None:
+    """`spec.video_episodes` episodes of the deterministic policy, on the evaluation seeds, as an animated GIF
+    at `path` and, when logging, as TensorBoard's `eval/video`. Frames are halved in size and every other one
+    kept (25 per second): a Pendulum episode is then about 100 small frames."""
+    from PIL import Image
+    env = make_env(spec.env, render_mode="rgb_array")
+    frames = []
+    try:
+        for episode in range(spec.video_episodes):
+            obs, _ = env.reset(seed=EVAL_SEED_OFFSET + spec.seed * spec.eval_episodes + episode)
+            frames.append(env.render())
+            done = False
+            while not done:
+                action = agent.act(torch.as_tensor(obs, dtype=torch.float32, device=device).unsqueeze(0),
+                                   explore=False)
+                obs, _, terminated, truncated, _ = env.step(action[0].cpu().numpy())
+                frames.append(env.render())
+                done = terminated or truncated
+    finally:
+        env.close()
+    images = [Image.fromarray(frame).reduce(2) for frame in frames[::2]]
+    images[0].save(path, save_all=True, append_images=images[1:], duration=40, loop=0)
+    if writer:
+        # What SummaryWriter.add_video writes, a GIF in an image summary, without the moviepy it needs to
+        # encode one: Pillow (a dependency of matplotlib) has encoded it already.
+        from tensorboard.compat.proto.summary_pb2 import Summary
+        image = Summary.Image(height=images[0].height, width=images[0].width, colorspace=3,
+                              encoded_image_string=path.read_bytes())
+        writer._get_file_writer().add_summary(Summary(value=[Summary.Value(tag="eval/video", image=image)]), step)
 
 
 def save_checkpoint(path: Path, agent, state: dict, envs) -> None:

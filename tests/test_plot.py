@@ -93,3 +93,20 @@ def test_a_baseline_run_is_stored_apart_and_overlaid(tmp_path):
     assert "| Pendulum-v1 | sac_baseline (baseline reference) | 1 |" in summary
     result = run_script("plot.py", tmp_path, "runs/idea", "--no-baseline", timeout=120)
     assert "baseline" not in (tmp_path / "runs" / "idea" / "plots" / "summary.md").read_text()
+
+
+def test_video_records_the_final_policy_to_a_gif_and_tensorboard(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    result = run_script("learn_simple.py", tmp_path, "--agent", "sac_baseline", "--envs", "Pendulum-v1", "--steps",
+                        "300", "--eval-episodes", "1", "--set", "learning_starts=100", "--set", "hidden_size=32",
+                        "--video", "1", "--name", "film", timeout=300)
+    assert result.returncode == 0, result.stderr
+    seed_dir = tmp_path / "runs" / "film" / "sac_baseline" / "Pendulum-v1" / "seed_0"
+    gif = (seed_dir / "video.gif").read_bytes()
+    assert gif[:6] == b"GIF89a"
+    from PIL import Image
+    with Image.open(seed_dir / "video.gif") as video:
+        assert video.n_frames == 101 and video.size == (250, 250)  # 201 frames of 500 x 500, every other, halved
+    events = EventAccumulator(str(seed_dir), size_guidance={"images": 0})
+    events.Reload()
+    assert [event.step for event in events.Images("eval/video")] == [300]
