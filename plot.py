@@ -116,8 +116,10 @@ def plot(run_roots: list[Path], out: Path, baselines: list[Path] = ()) -> Path:
         figure, axes = plt.subplots(figsize=(7, 1.2 + 0.5 * len(agents)))
         positions = np.arange(len(agents))
         values = np.array([finals[agent] for agent in agents])
-        axes.barh(positions, values[:, 0], xerr=[values[:, 0] - values[:, 1], values[:, 2] - values[:, 0]],
-                  color="tab:blue", alpha=0.7, capsize=4)
+        # As rliable draws interval estimates: a bar spanning the interval, the IQM marked across it (returns
+        # may be negative, so a bar from 0 would mean nothing).
+        axes.barh(positions, values[:, 2] - values[:, 1], left=values[:, 1], height=0.6, color="tab:blue", alpha=0.5)
+        axes.scatter(values[:, 0], positions, marker="|", s=400, color="black", zorder=3, label="IQM")
         axes.set_yticks(positions, agents)
         axes.set(title=f"{env}: final IQM, 95% bootstrap CI", xlabel="final evaluation return")
         axes.grid(alpha=0.3, axis="x")
