@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import functools
 import json
 import math
 import multiprocessing
@@ -31,64 +30,75 @@ import shutil
 import signal
 import sys
 import time
-import traceback
 from multiprocessing.connection import wait
 from pathlib import Path
 
 from lab import UsageError
-from lab.cli import (RUNS, ArgumentParser, exit_on_usage_error, new_run_root, non_negative_int, positive_int,
-                     resolve_device)
-from lab.rollout import RunSpec, train, write_json
+from lab.cli import (RUNS, ArgumentParser, add_backend_arguments, check_backend, exit_on_usage_error, new_run_root,
+                     non_negative_float, non_negative_int, positive_int, resolve_device)
+from lab.rollout import train, write_json
 from lab.runner import INTERRUPTED, enter_worker, stop_on_sigterm, stop_workers, worker_slots
-from lab.tuning import MedianPruner, Param, SearchSpace, check_metric_envs, parse_param, trial_metric
+from lab.tuning import (MedianPruner, Param, SearchSpace, check_metric_envs, parse_param, run_trial, trial_dir,
+                        trial_metric)
 
 CONFIG, TRIALS, OPTIMIZER, ERROR = "config.json", "trials.json", "optimizer.json", "error.txt"
 FINISHED = ("complete", "pruned")  # registered with the optimiser
-RESUMABLE_OPTIONS = ("workers",)  # what --resume may change
-
-
-def trial_dir(run_root: Path, trial: int) -> Path:
-    return run_root / f"trial_{trial:03d}"
+RESUMABLE_OPTIONS = ("workers", "backend", "address", "cpus_per_run", "gpus_per_run")  # what --resume may change
 
 
 def trial_worker(conn, run_root: Path, config: dict, trial: dict, threads: int, cpus, train_fn) -> None:
-    """One trial in its own process: every (environment, seed) run in turn. It sends each evaluation to the
-    sweep and waits for its decision (go on or stop), then its outcome: ('complete' | 'pruned', final returns
-    per environment, steps trained), or ('failed', error, steps trained)."""
+    """A trial in its own process: its Ctrl-C handling, threads and cores, then the trial loop."""
     enter_worker(threads, cpus)
-    finals: dict[str, list[float]] = {}
-    steps_trained, stop = 0, False
-    directory = trial_dir(run_root, trial["trial"])
-    runs = [(env, steps, seed) for env, steps in config["steps"].items() for seed in range(config["seeds"])]
+    run_trial(conn, run_root, config, trial, train_fn)
 
-    def on_eval(step, value, env, seed):
-        nonlocal stop
-        conn.send(("report", env, seed, step, value))
-        stop = not conn.recv()
-        return not stop
 
-    try:
-        for index, (env, steps, seed) in enumerate(runs):
-            spec = RunSpec(agent=config["agent"], env=env, seed=seed, steps=steps,
-                           settings={**config["settings"], **trial["settings"]},
-                           run_dir=str(directory / env / f"seed_{seed}"), device=config["device"],
-                           eval_every=math.ceil(steps / config["reports"]), eval_episodes=config["eval_episodes"],
-                           log=config["log"], progress=False, checkpoint_every=0)
-            record = train_fn(spec, functools.partial(on_eval, env=env, seed=seed))
-            finals.setdefault(env, []).append(record["final_return"])  # a stopped run's: its last evaluation
-            steps_trained += record["steps"]
-            # Stopped within the run, or at its last evaluation with other runs still to come.
-            if stop and ("stopped_at" in record or index < len(runs) - 1):
-                conn.send(("pruned", finals, steps_trained))
-                return
-        conn.send(("complete", finals, steps_trained))
-    except KeyboardInterrupt:
-        return
-    except BaseException as error:
-        directory.mkdir(parents=True, exist_ok=True)
-        (directory / ERROR).write_text(traceback.format_exc())
-        with contextlib.suppress(OSError):  # the sweep may be gone: then nobody is waiting for this
-            conn.send(("failed", f"{type(error).__name__}: {error}", steps_trained))
+class LocalTrials:
+    """The sweep's trials in processes of this machine, each on its share of the cores, each talking to the
+    sweep over a pipe. lab.ray_backend.RayTrials has the same interface: start, events, answer, release, stop,
+    close."""
+
+    def __init__(self, sweep, workers: int):
+        self.sweep = sweep
+        self.slots = worker_slots(workers, max(1, sweep.open_trials()))
+        self.capacity = len(self.slots)
+        self.free = list(range(self.capacity))
+        self.running = {}  # connection -> (process, slot)
+        self.context = multiprocessing.get_context("spawn")
+
+    def start(self, trial: dict):
+        slot = self.free.pop(0)
+        ours, theirs = self.context.Pipe()
+        process = self.context.Process(target=trial_worker, name=f"trial {trial['trial']}", args=(
+            theirs, self.sweep.run_root, self.sweep.config, trial, *self.slots[slot], self.sweep.train_fn))
+        process.start()
+        theirs.close()
+        self.running[ours] = (process, slot)
+        return ours
+
+    def events(self) -> list[tuple]:
+        """(connection, message) for each report or outcome ready, a failure for a worker that died mute."""
+        events = []
+        for conn in wait(list(self.running)):
+            try:
+                events.append((conn, conn.recv()))
+            except EOFError:  # killed, or out of memory
+                events.append((conn, ("failed", "worker died (killed by a signal or out of memory?)", 0)))
+        return events
+
+    def answer(self, conn, decision: bool) -> None:
+        with contextlib.suppress(OSError):  # a worker that died after reporting: its EOF comes next
+            conn.send(decision)
+
+    def release(self, conn) -> None:
+        process, slot = self.running.pop(conn)
+        process.join()
+        self.free.append(slot)
+
+    def stop(self) -> None:
+        stop_workers([process for process, _ in self.running.values()])
+
+    def close(self) -> None:
+        pass
 
 
 class Sweep:
@@ -113,7 +123,7 @@ class Sweep:
         self.trials: list[dict] = []
 
     @classmethod
-    def resumed(cls, run_root: Path, train_fn=train) -> Sweep:
+    def resumed(cls, run_root: Path, train_fn=train, here: bool = True) -> Sweep:
         """The sweep as last saved; trials that were running are run again from the start.
 
         trials.json is the record resumed from: the optimiser is rebuilt by registering its finished trials
@@ -122,7 +132,7 @@ class Sweep:
         trials made so far, so that new random points are not the old ones again."""
         try:
             config = json.loads((run_root / CONFIG).read_text())
-            resolve_device(config["device"])
+            resolve_device(config["device"], here)
             trials = json.loads((run_root / TRIALS).read_text()) if (run_root / TRIALS).exists() else []
             sweep = cls(run_root, config, train_fn, random_state=config["seed"] + 1_000_003 * len(trials))
             sweep.trials = trials
@@ -197,47 +207,46 @@ class Sweep:
             writer.add_hparams({**trial["settings"], "status": trial["status"]},
                                {"tune/metric": trial["metric"], "tune/steps": trial["steps"]}, run_name=".")
 
-    def run(self, workers: int) -> int:
-        """Run every open trial, at most `workers` at once; returns the exit code (0, 1 if a trial failed,
-        130 when interrupted)."""
-        slots = worker_slots(workers, max(1, self.open_trials()))
-        free, running = list(range(len(slots))), {}  # running: connection -> (process, trial, slot)
-        context = multiprocessing.get_context("spawn")
+    def run(self, workers: int | None, cluster=None) -> int:
+        """Run every open trial, at most `workers` at once, in local processes or, given `cluster` (the Ray
+        options), as Ray tasks; returns the exit code (0, 1 if a trial failed, 130 when interrupted)."""
+        if cluster is None:
+            pool = LocalTrials(self, workers)
+        else:
+            from lab.ray_backend import RayTrials
+            pool = RayTrials(self, workers, cluster)
+        running = {}  # the pool's key -> trial
         interrupted = False
         try:
             while True:
-                while free and self.open_trials() > 0:
-                    trial, slot = self.next_trial(), free.pop(0)
+                while len(running) < pool.capacity and self.open_trials() > 0:
+                    trial = self.next_trial()
                     trial.update(status="running", started=time.time())
-                    ours, theirs = context.Pipe()
-                    process = context.Process(target=trial_worker, name=f"trial {trial['trial']}", args=(
-                        theirs, self.run_root, self.config, trial, *slots[slot], self.train_fn))
-                    process.start()
-                    theirs.close()
-                    running[ours] = (process, trial, slot)
+                    running[pool.start(trial)] = trial
                     self.save()
                 if not running:
                     break
-                for conn in wait(list(running)):
-                    process, trial, slot = running[conn]
-                    outcome = self.receive(conn, trial)
-                    if outcome is None:
+                for key, message in pool.events():
+                    trial = running[key]
+                    if message[0] == "report":
+                        pool.answer(key, not self.should_prune(trial, *message[1:]))
                         continue
-                    del running[conn]  # before finishing it: an interruption now must not mark it interrupted
-                    process.join()
-                    free.append(slot)
-                    self.finish(trial, outcome)
+                    del running[key]  # before finishing it: an interruption now must not mark it interrupted
+                    pool.release(key)
+                    self.finish(trial, message)
         except KeyboardInterrupt:
             interrupted = True
-            stop_workers([process for process, _, _ in running.values()])
-            for _, trial, _ in running.values():
+            pool.stop()
+            for trial in running.values():
                 trial["status"] = "interrupted"
                 trial.pop("started", None)
             self.save()
         except BaseException:
             # Any other failure of the sweep itself: its workers, left waiting for decisions, must not outlive it.
-            stop_workers([process for process, _, _ in running.values()])
+            pool.stop()
             raise
+        finally:
+            pool.close()
         print()
         print(self.table())
         if interrupted:
@@ -245,21 +254,11 @@ class Sweep:
             return INTERRUPTED
         return 1 if any(trial["status"] == "failed" for trial in self.trials) else 0
 
-    def receive(self, conn, trial: dict) -> tuple | None:
-        """Handle one message of a trial's worker: a report is answered with the pruner's decision (None is
-        returned); the trial's outcome is returned as it came."""
-        try:
-            message = conn.recv()
-        except EOFError:  # the worker died without a word: killed, or out of memory
-            return ("failed", "worker died (killed by a signal or out of memory?)", trial["steps"])
-        if message[0] != "report":
-            return message
-        _, env, seed, step, value = message
+    def should_prune(self, trial: dict, env: str, seed: int, step: int, value: float) -> bool:
+        """A trial's report at an evaluation, recorded, and the pruner's decision on it."""
         trial["reports"].append([env, seed, step, value])
         progress = step / self.config["steps"][env]
-        with contextlib.suppress(OSError):  # a worker that died after reporting: its EOF comes next
-            conn.send(not self.pruner.should_prune(trial["trial"], (env, seed, step), value, progress))
-        return None
+        return self.pruner.should_prune(trial["trial"], (env, seed, step), value, progress)
 
     def table(self) -> str:
         """The trials ranked by metric (failed and unfinished ones last), then the best as a ready command."""
@@ -288,16 +287,6 @@ def fraction(text: str) -> float:
     return value
 
 
-def non_negative_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got '{text}'") from None
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text}")
-    return value
-
-
 def describe(settings: dict) -> str:
     return ", ".join(f"{key}={value:.4g}" for key, value in settings.items())
 
@@ -306,7 +295,7 @@ def plan(args) -> tuple[Path, dict]:
     """Check every option before anything runs; returns the sweep's directory and its config."""
     from agents import make_agent, resolve_hyperparameters
     from envs import make_env, resolve_envs
-    device = resolve_device(args.device)
+    device = resolve_device(args.device, here=args.backend == "local")
     fixed = resolve_hyperparameters(args.agent, args.set)  # the preset's values, then --set's
     params = [parse_param(text, args.agent, fixed) for text in args.param]
     space = SearchSpace(params)
@@ -325,7 +314,7 @@ def plan(args) -> tuple[Path, dict]:
     run_root = new_run_root(args.name)
     config = {"agent": args.agent, "steps": steps, "seeds": args.seeds, "trials": args.trials,
               "random_trials": (args.random_trials if args.random_trials is not None
-                                else max(args.workers, args.trials // 3)),
+                                else max(args.workers or 1, args.trials // 3)),
               "params": [vars(p) for p in params], "settings": fixed, "device": device,
               "reports": args.reports, "prune": args.prune, "min_reports": args.min_reports,
               "prune_margin": args.prune_margin, "prune_warmup": args.prune_warmup,
@@ -342,15 +331,16 @@ def main() -> int:
     parser.add_argument("--steps", type=positive_int, default=None, help="steps per run (default: the budget)")
     parser.add_argument("--seeds", type=positive_int, default=1, help="seeds per trial and environment (default 1)")
     parser.add_argument("--trials", type=positive_int, default=20, help="trials in the sweep (default 20)")
-    parser.add_argument("--workers", type=positive_int, default=len(os.sched_getaffinity(0)),
-                        help="trials at once, one process each (default: the number of cores)")
+    parser.add_argument("--workers", type=positive_int, default=None,
+                        help="trials at once (default: the number of cores; with Ray, as many as the cluster's "
+                             "CPUs hold)")
     parser.add_argument("--param", action="append", default=[], metavar="NAME=LOW:HIGH[:log|:int]",
                         help="a hyperparameter to search and its range (repeatable)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="a hyperparameter fixed for every trial (repeatable)")
     parser.add_argument("--random-trials", type=non_negative_int, default=None,
                         help="trials drawn uniformly before the optimiser's suggestions "
-                             "(default: max(workers, trials // 3))")
+                             "(default: max(workers, trials // 3); with Ray and no --workers, trials // 3)")
     parser.add_argument("--reports", type=positive_int, default=4,
                         help="evaluations per run, each a checkpoint where the pruner may stop the trial (default 4)")
     parser.add_argument("--prune", action=argparse.BooleanOptionalAction, default=True,
@@ -369,7 +359,11 @@ def main() -> int:
                         help="TensorBoard events (default on)")
     parser.add_argument("--name", default=None, help="the sweep's directory runs/NAME (default: a timestamp)")
     parser.add_argument("--resume", default=None, metavar="NAME", help="continue runs/NAME (or a directory)")
+    add_backend_arguments(parser, "trial", retries=False)
     args = parser.parse_args()
+    check_backend(args)
+    if args.backend == "local":
+        args.workers = args.workers or len(os.sched_getaffinity(0))
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, stop_on_sigterm)
 
@@ -382,7 +376,7 @@ def main() -> int:
         run_root = Path(args.resume) if Path(args.resume).is_dir() else RUNS / args.resume
         if not (run_root / CONFIG).exists():
             raise UsageError(f"cannot resume '{args.resume}': no {CONFIG} in {run_root} (is it a sweep directory?)")
-        sweep = Sweep.resumed(run_root)
+        sweep = Sweep.resumed(run_root, here=args.backend == "local")
     else:
         if not args.param:
             raise UsageError("nothing to search: give at least one --param NAME=LOW:HIGH[:log|:int]")
@@ -390,9 +384,10 @@ def main() -> int:
         run_root.mkdir(parents=True)
         write_json(run_root / CONFIG, config)
         sweep = Sweep(run_root, config)
-    print(f"{sweep.open_trials()} trials to run ({len(sweep.trials)} in the record), up to {args.workers} at once; "
-          f"logs in {run_root}", flush=True)
-    return sweep.run(args.workers)
+    at_once = f"up to {args.workers} at once" if args.workers else "as many at once as the Ray cluster holds"
+    print(f"{sweep.open_trials()} trials to run ({len(sweep.trials)} in the record), {at_once}; logs in {run_root}",
+          flush=True)
+    return sweep.run(args.workers, cluster=args if args.backend == "ray" else None)
 
 
 if __name__ == "__main__":

@@ -18,10 +18,11 @@ import sys
 from multiprocessing.connection import wait
 from pathlib import Path
 
-from lab.cli import ArgumentParser, add_run_arguments, exit_on_usage_error, listing, positive_int
+from lab.cli import (ArgumentParser, add_backend_arguments, add_run_arguments, check_backend, exit_on_usage_error,
+                     listing, positive_int)
 from lab.rollout import RESULT, RunSpec, train
-from lab.runner import (ERROR, INTERRUPTED, enter_worker, report_failure, run_plan, stop_workers, worker_slots,
-                        write_failure)
+from lab.runner import (ERROR, INTERRUPTED, enter_worker, failure_entry, report_failure, run_plan, stop_workers,
+                        worker_slots, write_failure)
 
 
 def worker(spec: RunSpec, threads: int, cpus: list[int] | None) -> None:
@@ -66,8 +67,7 @@ def schedule(specs: list[RunSpec], workers: int) -> tuple[list[dict], list[dict]
         for process, spec, _ in running.values():
             outcome = collect(process, spec)  # a run may have finished in the meantime
             (records if "final_return" in outcome else failures).append(outcome)
-        failures += [{"agent": spec.agent, "env": spec.env, "seed": spec.seed, "error": "not started"}
-                     for spec in pending]
+        failures += [failure_entry(spec, "not started") for spec in pending]
     return records, failures, interrupted
 
 
@@ -78,7 +78,7 @@ def collect(process, spec: RunSpec) -> dict:
     if (run_dir / ERROR).exists():
         error = (run_dir / ERROR).read_text().splitlines()[0]
     elif process.exitcode in (INTERRUPTED, -signal.SIGTERM):
-        return {"agent": spec.agent, "env": spec.env, "seed": spec.seed, "error": "interrupted"}
+        return failure_entry(spec, "interrupted")
     else:
         error = f"worker died with exit code {process.exitcode} (killed by a signal or out of memory?)"
     return report_failure(spec, error)
@@ -87,14 +87,21 @@ def collect(process, spec: RunSpec) -> dict:
 def main() -> int:
     parser = ArgumentParser(description=__doc__.split("\n")[0])
     add_run_arguments(parser)
-    parser.add_argument("--workers", type=positive_int, default=len(os.sched_getaffinity(0)),
-                        help="runs at once, one process each (default: the number of cores)")
+    parser.add_argument("--workers", type=positive_int, default=None,
+                        help="runs at once (default: one per core; with Ray, all: Ray queues them)")
+    add_backend_arguments(parser, "run", retries=True)
     args = parser.parse_args()
     if args.list:
         print(listing())
         return 0
-    return run_plan(args, parser, lambda specs: schedule(specs, args.workers),
-                    f"with up to {args.workers} workers")
+    check_backend(args)
+    if args.backend == "ray":
+        from lab.ray_backend import schedule_runs
+        at_once = f"up to {args.workers} at once" if args.workers else "as many at once as the cluster holds"
+        return run_plan(args, parser, lambda specs: schedule_runs(specs, args),
+                        f"as Ray tasks, {at_once}")
+    workers = args.workers or len(os.sched_getaffinity(0))
+    return run_plan(args, parser, lambda specs: schedule(specs, workers), f"with up to {workers} workers")
 
 
 if __name__ == "__main__":

@@ -41,6 +41,16 @@ def non_negative_int(text: str) -> int:
     return 0 if text.strip() == "0" else positive_int(text)
 
 
+def non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got '{text}'") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text}")
+    return value
+
+
 def quick_check_agents() -> list[str]:
     """Every agent, as the quick check runs it: with its `quick` preset where it has one (small networks for
     the compute-heavy agents, so that every code path runs in seconds)."""
@@ -85,7 +95,53 @@ def add_run_arguments(parser: argparse.ArgumentParser, device: str = "cpu") -> N
     parser.add_argument("--list", action="store_true", help="list agents, presets, hyperparameters and suites")
 
 
-def resolve_device(text: str) -> str:
+BACKENDS = ("local", "ray")
+RAY_OPTIONS = ("address", "cpus_per_run", "gpus_per_run", "retries")  # the options of --backend ray only
+
+
+def add_backend_arguments(parser: argparse.ArgumentParser, unit: str, retries: bool) -> None:
+    """Where the work runs: --backend and the Ray options. `unit` names what one task is (run, trial)."""
+    group = parser.add_argument_group("where the work runs")
+    group.add_argument("--backend", choices=BACKENDS, default="local",
+                       help=f"local: a process per {unit} on this machine (default); ray: a Ray task per {unit}, "
+                            f"on the cluster at --address (needs: pip install -r requirements-ray.txt)")
+    group.add_argument("--address", default=None,
+                       help="Ray: the cluster to join, e.g. auto (this node's), HEAD_IP:6379 or ray://HEAD_IP:10001; "
+                            "default: a local Ray instance on this machine's cores")
+    group.add_argument("--cpus-per-run", type=positive_int, default=None,
+                       help=f"Ray: CPUs each {unit} asks for, and its torch threads (default 1)")
+    group.add_argument("--gpus-per-run", type=non_negative_float, default=None,
+                       help=f"Ray: GPUs each {unit} asks for; a fraction shares one, e.g. 0.25 "
+                            f"(default: 0, and 1 with --device cuda)")
+    if retries:
+        group.add_argument("--retries", type=non_negative_int, default=None,
+                           help=f"Ray: times a {unit} is retried when its worker or node dies, from its last "
+                                f"checkpoint (default 2)")
+
+
+def check_backend(args) -> None:
+    """Ray options only with --backend ray; there, Ray installed, a device the nodes can have, defaults."""
+    given = [f"--{name.replace('_', '-')}" for name in RAY_OPTIONS if getattr(args, name, None) is not None]
+    if args.backend != "ray":
+        if given:
+            raise UsageError(f"{', '.join(given)} only apply to --backend ray (got --backend {args.backend})")
+        return
+    from lab.ray_backend import check_address, import_ray
+    import_ray()
+    check_address(args.address)
+    if args.device.startswith("cuda:"):
+        raise UsageError(f"--device {args.device}: under Ray a run sees only the GPUs it was given; use --device cuda")
+    if args.device == "auto":
+        raise UsageError("--device auto: under Ray the device is the nodes', not this machine's; say cpu or cuda")
+    if args.device == "cuda" and args.gpus_per_run == 0:
+        raise UsageError("--device cuda under Ray needs --gpus-per-run above 0 (e.g. 0.25: four runs per GPU)")
+    args.cpus_per_run = args.cpus_per_run or 1
+    if hasattr(args, "retries") and args.retries is None:
+        args.retries = 2
+
+
+def resolve_device(text: str, here: bool = True) -> str:
+    """The device of --device, checked against this machine's (`here`), or only its form (runs elsewhere)."""
     if text == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     try:
@@ -94,6 +150,8 @@ def resolve_device(text: str) -> str:
         raise UsageError(f"unknown device '{text}'; valid: cpu, cuda, cuda:N, auto") from None
     if device.type not in ("cpu", "cuda"):
         raise UsageError(f"unknown device '{text}'; valid: cpu, cuda, cuda:N, auto")
+    if not here:
+        return text
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UsageError(f"device '{text}' asked for, but this machine has no CUDA device; use --device cpu or auto")
     if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
@@ -123,7 +181,7 @@ def plan_runs(args, parser, runs_root: Path = RUNS) -> tuple[Path, list[RunSpec]
     """Validate every option and build the runs, before anything is written; returns (run dir, specs, config)."""
     if args.resume:
         return resume_plan(args, parser, runs_root)
-    device = resolve_device(args.device)
+    device = resolve_device(args.device, here=getattr(args, "backend", "local") == "local")
     check_compile(args.compile, device)
     budgets = resolve_envs(args.envs)
     settings = {agent: resolve_hyperparameters(agent, args.set) for agent in dict.fromkeys(args.agent)}
@@ -180,7 +238,8 @@ def resume_plan(args, parser, runs_root: Path) -> tuple[Path, list[RunSpec], dic
         raise UsageError(f"cannot resume '{args.resume}': no {CONFIG} in {run_root} (is it a run directory?)")
     try:
         config = json.loads(config_path.read_text())
-        check_compile(config.get("compile", "off"), resolve_device(config["device"]))
+        here = getattr(args, "backend", "local") == "local"
+        check_compile(config.get("compile", "off"), resolve_device(config["device"], here))
         for agent, settings in config["settings"].items():
             resolve_hyperparameters(agent, settings)
         specs = specs_from_config(run_root, config, resume=True)

@@ -1,7 +1,8 @@
 """What the runners share around their scheduling: the plan, signals, failure records, results.json, the table.
 
 A runner parses its options (lab/cli.py), then hands `run_plan` a `schedule(specs) -> (records, failures,
-interrupted)` that decides where the runs go: processes (learn_simple.py) or this process (learn_vectorised.py).
+interrupted)` that decides where the runs go: processes or Ray tasks (learn_simple.py, lab/ray_backend.py), or
+this process (learn_vectorised.py).
 """
 
 from __future__ import annotations
@@ -33,6 +34,11 @@ def write_failure(spec: RunSpec, error: BaseException) -> None:
 
 def report_failure(spec: RunSpec, error: str) -> dict:
     print(f"[{spec.label}] FAILED: {error} (details: {Path(spec.run_dir) / ERROR})", file=sys.stderr, flush=True)
+    return failure_entry(spec, error)
+
+
+def failure_entry(spec: RunSpec, error: str) -> dict:
+    """A run's entry in results.json's failures: what it was, and why it has no result."""
     return {"agent": spec.agent, "env": spec.env, "seed": spec.seed, "error": error}
 
 

@@ -1,4 +1,5 @@
-"""What hypertune.py is made of, apart from processes: the search space, the target metric, the median pruner.
+"""What hypertune.py is made of, apart from processes: the search space, the target metric, the median pruner,
+and the trial loop that runs wherever the backend puts it.
 
 The optimiser (bayesian-optimization) maximises a function of points in a box; `SearchSpace` maps between
 that box and an agent's hyperparameters: a `log` parameter is searched as its log10, an `int` one as a real
@@ -9,13 +10,19 @@ suggestions return points already evaluated.) The target of a trial is `trial_me
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import functools
 import math
 import statistics
+import traceback
+from pathlib import Path
 
 from agents import agent_module, closest, hyperparameter_types, resolve_hyperparameters, split_preset
 from lab import UsageError
 from lab.results import iqm
+from lab.rollout import RunSpec
+from lab.runner import ERROR
 
 SCALES = ("linear", "log", "int")
 
@@ -170,3 +177,47 @@ class MedianPruner:
             return False
         median = statistics.median(others)
         return value < median - self.margin * abs(median)
+
+
+def trial_dir(run_root: Path, trial: int) -> Path:
+    return run_root / f"trial_{trial:03d}"
+
+
+def run_trial(conn, run_root: Path, config: dict, trial: dict, train_fn) -> None:
+    """One trial: every (environment, seed) run in turn, wherever it runs (a local process, a Ray task).
+    It sends each evaluation to the sweep over `conn` and waits for its decision (go on or stop), then its
+    outcome: ('complete' | 'pruned', final returns per environment, steps trained), or ('failed', error,
+    steps trained)."""
+    finals: dict[str, list[float]] = {}
+    steps_trained, stop = 0, False
+    directory = trial_dir(run_root, trial["trial"])
+    runs = [(env, steps, seed) for env, steps in config["steps"].items() for seed in range(config["seeds"])]
+
+    def on_eval(step, value, env, seed):
+        nonlocal stop
+        conn.send(("report", env, seed, step, value))
+        stop = not conn.recv()
+        return not stop
+
+    try:
+        for index, (env, steps, seed) in enumerate(runs):
+            spec = RunSpec(agent=config["agent"], env=env, seed=seed, steps=steps,
+                           settings={**config["settings"], **trial["settings"]},
+                           run_dir=str(directory / env / f"seed_{seed}"), device=config["device"],
+                           eval_every=math.ceil(steps / config["reports"]), eval_episodes=config["eval_episodes"],
+                           log=config["log"], progress=False, checkpoint_every=0)
+            record = train_fn(spec, functools.partial(on_eval, env=env, seed=seed))
+            finals.setdefault(env, []).append(record["final_return"])  # a stopped run's: its last evaluation
+            steps_trained += record["steps"]
+            # Stopped within the run, or at its last evaluation with other runs still to come.
+            if stop and ("stopped_at" in record or index < len(runs) - 1):
+                conn.send(("pruned", finals, steps_trained))
+                return
+        conn.send(("complete", finals, steps_trained))
+    except KeyboardInterrupt:
+        return
+    except BaseException as error:
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / ERROR).write_text(traceback.format_exc())
+        with contextlib.suppress(OSError):  # the sweep may be gone: then nobody is waiting for this
+            conn.send(("failed", f"{type(error).__name__}: {error}", steps_trained))

@@ -7,13 +7,14 @@ import signal
 import threading
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
 from hypertune import OPTIMIZER, TRIALS, Sweep
 from lab import UsageError
 from lab.tuning import MedianPruner, SearchSpace, parse_param, trial_metric
-from tests.test_learn_simple import run_script
+from tests.test_learn_simple import BACKENDS, ROOT, run_script
 
 STEPS, REPORTS = 400, 4
 
@@ -33,7 +34,8 @@ def synthetic_train(spec, on_eval):
         raise RuntimeError(f"synthetic crash at q_lr={spec.settings['q_lr']:.3g}")
     trial = int(Path(spec.run_dir).parents[1].name.removeprefix("trial_"))  # runs/NAME/trial_NNN/ENV/seed_S
     if trial >= int(os.environ.get("SYNTHETIC_SLOW_FROM", "1000000")):
-        time.sleep(300)
+        for _ in range(3000):  # short sleeps: Ray's cancel interrupts between them, not inside one
+            time.sleep(0.1)
     if trial == int(os.environ.get("SYNTHETIC_DIE_AT", "-1")):
         os._exit(9)  # as if killed: no message, no error file
     evaluations = []
@@ -182,8 +184,11 @@ def test_a_worker_that_dies_without_a_word_is_a_failed_trial(tmp_path, monkeypat
     assert "worker died" in sweep.trials[1]["error"]
 
 
-def test_an_interrupted_sweep_resumes_with_its_registered_history(tmp_path, monkeypatch):
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_an_interrupted_sweep_resumes_with_its_registered_history(tmp_path, monkeypatch, backend):
     monkeypatch.setenv("SYNTHETIC_SLOW_FROM", "5")  # trials 5 and on hang until interrupted
+    monkeypatch.chdir(ROOT)  # Ray's workers import the synthetic objective from the driver's directory
+    cluster = SimpleNamespace(address=None, cpus_per_run=1, gpus_per_run=None) if backend == "ray" else None
     sweep = new_sweep(tmp_path, trials=10)
     trials_file = sweep.run_root / TRIALS
 
@@ -201,7 +206,7 @@ def test_an_interrupted_sweep_resumes_with_its_registered_history(tmp_path, monk
     signal.signal(signal.SIGINT, signal.default_int_handler)
     threading.Thread(target=interrupt_when_stuck, daemon=True).start()
     try:
-        assert sweep.run(workers=2) == 130
+        assert sweep.run(workers=2, cluster=cluster) == 130
     finally:
         signal.signal(signal.SIGINT, handler)
     before = json.loads(trials_file.read_text())
@@ -212,7 +217,7 @@ def test_an_interrupted_sweep_resumes_with_its_registered_history(tmp_path, monk
 
     monkeypatch.delenv("SYNTHETIC_SLOW_FROM")
     resumed = Sweep.resumed(sweep.run_root, train_fn=synthetic_train)
-    assert resumed.run(workers=2) == 0
+    assert resumed.run(workers=2, cluster=cluster) == 0
     after = json.loads(trials_file.read_text())
     assert len(after) == 10 and all(t["status"] in ("complete", "pruned") for t in after)
     assert after[:5] == before[:5]  # what was registered is kept as it was

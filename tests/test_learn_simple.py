@@ -1,5 +1,6 @@
 """learn_simple.py as a user runs it: a subprocess in a scratch directory, its files read back."""
 
+import importlib.util
 import json
 import os
 import signal
@@ -13,6 +14,10 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL_SAC = ["--set", "learning_starts=100", "--set", "hidden_size=32"]
+needs_ray = pytest.mark.skipif(importlib.util.find_spec("ray") is None,
+                               reason="Ray is not installed (pip install -r requirements-ray.txt)")
+# Each test of the runners' behaviour runs on both backends: the backend must change where runs go, nothing else.
+BACKENDS = ["local", pytest.param("ray", marks=needs_ray)]
 
 
 def run_script(script, cwd, *args, timeout=300):
@@ -25,10 +30,11 @@ def learn_simple(cwd, *args, timeout=300):
     return run_script("learn_simple.py", cwd, *args, timeout=timeout)
 
 
-def test_two_workers_write_events_and_results(tmp_path):
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_two_workers_write_events_and_results(tmp_path, backend):
     result = learn_simple(tmp_path, "--agent", "sac_baseline", "--envs", "Pendulum-v1", "--seeds", "2",
                           "--steps", "400", "--workers", "2", "--eval-every", "200", "--eval-episodes", "2",
-                          "--name", "e2e", *SMALL_SAC)
+                          "--name", "e2e", "--backend", backend, *SMALL_SAC)
     assert result.returncode == 0, result.stderr
     run = tmp_path / "runs" / "e2e"
     assert "results: runs/e2e/results.json" in result.stdout
@@ -50,9 +56,11 @@ def test_two_workers_write_events_and_results(tmp_path):
     assert "hyperparameters/text_summary" in events.Tags()["tensors"]
 
 
-def test_a_crashing_run_is_reported_and_the_others_finish(tmp_path):
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_crashing_run_is_reported_and_the_others_finish(tmp_path, backend):
     result = learn_simple(tmp_path, "--agent", "sac_baseline", "--envs", "tests.toy_envs:Crash-v0", "Pendulum-v1",
-                          "--steps", "300", "--workers", "2", "--eval-episodes", "1", "--name", "crash", *SMALL_SAC)
+                          "--steps", "300", "--workers", "2", "--eval-episodes", "1", "--name", "crash",
+                          "--backend", backend, *SMALL_SAC)
     assert result.returncode == 1
     assert "the toy environment crashed on purpose" in result.stderr
     results = json.loads((tmp_path / "runs" / "crash" / "results.json").read_text())
@@ -103,9 +111,11 @@ def test_an_existing_run_name_is_refused(tmp_path):
     assert result.returncode == 2 and "runs/taken already exists" in result.stderr
 
 
-def test_ctrl_c_stops_every_worker_keeps_logs_readable_and_resume_finishes(tmp_path):
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_ctrl_c_stops_every_worker_keeps_logs_readable_and_resume_finishes(tmp_path, backend):
     args = ["--agent", "sac_baseline", "--envs", "Pendulum-v1", "--seeds", "2", "--steps", "3000", "--workers", "2",
-            "--eval-every", "200", "--eval-episodes", "1", "--checkpoint-every", "200", "--name", "stop", *SMALL_SAC]
+            "--eval-every", "200", "--eval-episodes", "1", "--checkpoint-every", "200", "--name", "stop",
+            "--backend", backend, *SMALL_SAC]
     process = subprocess.Popen([sys.executable, str(ROOT / "learn_simple.py"), *args], cwd=tmp_path,
                                env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True, start_new_session=True)
@@ -131,7 +141,7 @@ def test_ctrl_c_stops_every_worker_keeps_logs_readable_and_resume_finishes(tmp_p
         assert len(events.Scalars("eval/return")) >= 2, output
         assert (seed_dir / "checkpoint.pt").exists(), output
 
-    resumed = learn_simple(tmp_path, "--resume", "stop", "--workers", "2")
+    resumed = learn_simple(tmp_path, "--resume", "stop", "--workers", "2", "--backend", backend)
     assert resumed.returncode == 0, output + resumed.stdout + resumed.stderr
     results = json.loads((run / "results.json").read_text())
     assert sorted(r["seed"] for r in results["records"]) == [0, 1]

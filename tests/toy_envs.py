@@ -1,5 +1,8 @@
 """Tiny environments for tests, registered on import (use them as 'tests.toy_envs:Count-v0')."""
 
+import os
+import signal
+
 import gymnasium as gym
 import numpy as np
 
@@ -29,6 +32,24 @@ class Count(gym.Env):
         return self.obs(), 1.0, terminated, False, {}
 
 
+class DieOnce(Count):
+    """Count, whose process is killed (SIGKILL: no exception, no error file) at its `die_at`-th step, the first
+    time only: a worker or node lost mid-run. The file named by $TOY_DIE_MARKER records that it died."""
+
+    def __init__(self, die_at: int):
+        super().__init__()
+        self.die_at, self.steps_taken = die_at, 0
+
+    def step(self, action):
+        self.steps_taken += 1
+        marker = os.environ["TOY_DIE_MARKER"]
+        if self.steps_taken == self.die_at and not os.path.exists(marker):
+            open(marker, "w").close()
+            os.kill(os.getpid(), signal.SIGKILL)
+        return super().step(action)
+
+
 gym.register("Count-v0", entry_point=Count, max_episode_steps=5)
 gym.register("CountTerminate-v0", entry_point=Count, max_episode_steps=5, kwargs={"terminate_at": 3})
 gym.register("Crash-v0", entry_point=Count, max_episode_steps=50, kwargs={"crash_at": 40})
+gym.register("DieOnce-v0", entry_point=DieOnce, max_episode_steps=50, kwargs={"die_at": 160})

@@ -1,0 +1,285 @@
+"""The Ray backend of learn_simple.py and hypertune.py (`--backend ray`): it changes where work runs, nothing else.
+
+Each (agent, environment, seed) run of learn_simple.py, and each trial of hypertune.py, is a Ray task that
+asks for `--cpus-per-run` CPUs (also its torch threads) and `--gpus-per-run` GPUs (a fraction shares one), so
+that Ray places it on a node of the cluster. The task runs the lab's own code, shipped to every node
+(`py_modules`): the same rollout loop, the same logs, the same result records. The records come back as the
+tasks' results; the logs are written on the node that ran the task, under the run directory's absolute path,
+which is therefore meant to be on storage that every node shares (README, "Running on a cluster").
+
+A run's task is retried (`--retries`) when its worker or node dies, and continues from the run's last
+checkpoint when that storage is shared; a trial's task is not retried (its reports to the pruner would come
+twice): the trial is recorded as failed. Ctrl-C cancels every task, which raises KeyboardInterrupt inside it,
+so that it closes its logs as a local worker does; those that have not stopped after GRACE_S are killed.
+
+Ray is imported here only, and only when this backend is chosen: it is an optional dependency.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import dataclasses
+import logging
+import os
+import signal
+import socket
+import sys
+from pathlib import Path
+
+from lab import UsageError
+from lab.rollout import RESULT, RunSpec, train, write_json
+from lab.runner import failure_entry, report_failure, write_failure
+from lab.tuning import run_trial
+
+INSTALL = "pip install -r requirements-ray.txt"
+GRACE_S = 30.0  # after Ctrl-C, how long cancelled tasks get to close their logs before they are killed
+POLL_S = 0.2  # the sweep's wait for trial messages between looks at its tasks
+
+
+def import_ray():
+    # Ray merges log lines that differ only in numbers: it would print one seed's progress for all of them.
+    # Read when ray is imported.
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    try:
+        import ray
+    except ImportError:
+        raise UsageError(f"--backend ray needs Ray, which is not installed here; install it with: {INSTALL}") \
+            from None
+    return ray
+
+
+def check_address(address: str | None) -> None:
+    """A HOST:PORT address must answer: Ray itself would wait minutes for a head that is not there."""
+    if address is None or address == "auto" or "://" in address:
+        return
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise UsageError(f"--address '{address}': expected auto, HOST:PORT or ray://HOST:PORT")
+    try:
+        socket.create_connection((host, int(port)), timeout=10).close()
+    except OSError as error:
+        raise UsageError(f"--address {address}: no Ray head answers there ({error.strerror or error}); "
+                         f"start one with: ray start --head --port {port}") from None
+
+
+def connect(options, device: str):
+    """Join the cluster at --address, or start a local Ray instance on this process's cores; returns ray."""
+    ray = import_ray()
+    if options.gpus_per_run is None:
+        options.gpus_per_run = 1.0 if device.startswith("cuda") else 0.0
+    import agents
+    import envs
+    import lab
+    local = options.address is None
+    try:
+        # "local": a new instance, whatever Ray finds left of others on this machine
+        ray.init(address="local" if local else options.address,
+                 num_cpus=len(os.sched_getaffinity(0)) if local else None, include_dashboard=False if local else None,
+                 runtime_env={"py_modules": [agents, envs, lab]}, logging_level=logging.WARNING)
+    except (ConnectionError, RuntimeError, ValueError) as error:
+        message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        if local:
+            raise UsageError(f"cannot start a local Ray instance: {message}") from None
+        if "RAY_AUTH_MODE" not in os.environ:  # Ray 2.60's heads ask for a token that drivers only send when told to
+            message += "; a head started with `ray start` wants its token: set RAY_AUTH_MODE=token (README)"
+        raise UsageError(f"cannot join the Ray cluster at --address {options.address}: {message}") from None
+    nodes = [{key: node["Resources"].get(key, 0) for key in ("CPU", "GPU")} for node in ray.nodes() if node["Alive"]]
+    if not any(node["CPU"] >= options.cpus_per_run and node["GPU"] >= options.gpus_per_run for node in nodes):
+        print(f"warning: no node of the Ray cluster has {options.cpus_per_run} CPUs and {options.gpus_per_run} GPUs "
+              f"for a run (its nodes: {nodes}); the runs wait until such a node joins", file=sys.stderr, flush=True)
+    return ray
+
+
+def absolute(path) -> str:
+    """The absolute path a node is to write at: a task's working directory is not the driver's."""
+    return str(Path(path).resolve())
+
+
+def stop_tasks(ray, refs: list) -> None:
+    """Cancel the tasks (a KeyboardInterrupt in each), give them GRACE_S to close their logs, then kill them.
+    Further Ctrl-Cs are ignored meanwhile, so that the closing is not cut short."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    for ref in refs:
+        ray.cancel(ref)
+    _, stuck = ray.wait(refs, num_returns=len(refs), timeout=GRACE_S)
+    for ref in stuck:
+        ray.cancel(ref, force=True)
+
+
+def lost(error: BaseException) -> str:
+    """A one-line account of a task Ray could not finish (its worker or node died, retries spent)."""
+    detail = str(error).strip().splitlines()
+    return f"Ray task lost: {type(error).__name__}" + (f": {detail[0]}" if detail else "")
+
+
+# ---- learn_simple.py: one task per run ----
+
+def run_task(spec: RunSpec, threads: int) -> dict:
+    """One run, on the node Ray chose; returns its record, or {'error': first line} when it failed."""
+    import torch
+    torch.set_num_threads(threads)
+    Path(spec.run_dir).mkdir(parents=True, exist_ok=True)  # for error.txt, should train() fail before making it
+    try:
+        # resume: a retry after a lost node continues from the run's last checkpoint (a new run has none)
+        return train(dataclasses.replace(spec, resume=True))
+    except Exception as error:  # KeyboardInterrupt (a cancel) goes on up: Ray records the task as cancelled
+        write_failure(spec, error)
+        return {"error": f"{type(error).__name__}: {error}".splitlines()[0]}
+
+
+def schedule_runs(specs: list[RunSpec], options) -> tuple[list[dict], list[dict], bool]:
+    """learn_simple's schedule on Ray: every run a task, at most --workers in flight (default: all, Ray
+    queues them); returns (records, failures, interrupted)."""
+    if not specs:
+        return [], [], False
+    ray = connect(options, specs[0].device)
+    task, resources = ray.remote(run_task), {"num_cpus": options.cpus_per_run, "num_gpus": options.gpus_per_run,
+                                             "max_retries": options.retries, "retry_exceptions": False}
+    pending, running = [dataclasses.replace(spec, run_dir=absolute(spec.run_dir)) for spec in specs], {}
+    limit = options.workers or len(specs)
+    records, failures, interrupted = [], [], False
+
+    def settle(ref, spec: RunSpec) -> None:
+        outcome = run_outcome(ray, ref, spec, interrupted)
+        (records if "final_return" in outcome else failures).append(outcome)
+
+    try:
+        while pending or running:
+            while pending and len(running) < limit:
+                spec = pending.pop(0)
+                running[task.options(name=spec.label, **resources).remote(spec, options.cpus_per_run)] = spec
+            ready, _ = ray.wait(list(running), num_returns=1)
+            for ref in ready:
+                settle(ref, running.pop(ref))
+    except KeyboardInterrupt:
+        interrupted = True
+        stop_tasks(ray, list(running))
+        for ref, spec in running.items():
+            settle(ref, spec)  # a run may have finished in the meantime
+        failures += [failure_entry(spec, "not started") for spec in pending]
+    finally:
+        ray.shutdown()
+    return records, failures, interrupted
+
+
+def run_outcome(ray, ref, spec: RunSpec, interrupted: bool) -> dict:
+    try:
+        outcome = ray.get(ref)
+    except ray.exceptions.RayError as error:
+        if interrupted:  # cancelled, or killed when it did not stop in time
+            return failure_entry(spec, "interrupted")
+        return report_failure(spec, lost(error))
+    if "error" in outcome:
+        return report_failure(spec, outcome["error"])
+    # The record came back through Ray: a copy here too, so that --resume knows the run finished even when
+    # the node wrote its own on storage this machine does not see.
+    result = Path(spec.run_dir) / RESULT
+    if not result.exists():
+        result.parent.mkdir(parents=True, exist_ok=True)
+        write_json(result, outcome)
+    return outcome
+
+
+# ---- hypertune.py: one task per trial, its reports and the pruner's answers through an exchange actor ----
+
+class Exchange:
+    """The mailboxes between the sweep and its trials: reports and outcomes to the sweep, the pruner's
+    decisions back to each trial. An async actor, so that a trial waiting for its answer holds up no other."""
+
+    def __init__(self):
+        self.to_sweep = asyncio.Queue()
+        self.to_trial = collections.defaultdict(asyncio.Queue)
+
+    async def send(self, trial: int, message) -> None:
+        self.to_sweep.put_nowait((trial, message))
+
+    async def receive(self, trial: int):
+        return await self.to_trial[trial].get()
+
+    async def answer(self, trial: int, decision: bool) -> None:
+        self.to_trial[trial].put_nowait(decision)
+
+    async def collect(self, timeout_s: float) -> list:
+        """The (trial, message) pairs waiting for the sweep; if none, the first to arrive within timeout_s."""
+        messages = []
+        if self.to_sweep.empty():
+            try:
+                messages.append(await asyncio.wait_for(self.to_sweep.get(), timeout_s))
+            except asyncio.TimeoutError:
+                return []
+        while not self.to_sweep.empty():
+            messages.append(self.to_sweep.get_nowait())
+        return messages
+
+
+class ExchangeConnection:
+    """A trial's end of the exchange, with the send/recv of the pipe a local trial has."""
+
+    def __init__(self, exchange, trial: int):
+        self.exchange, self.trial = exchange, trial
+
+    def send(self, message) -> None:
+        import ray
+        ray.get(self.exchange.send.remote(self.trial, message))  # delivered before the task can end
+
+    def recv(self):
+        import ray
+        return ray.get(self.exchange.receive.remote(self.trial))
+
+
+def trial_task(exchange, run_root: str, config: dict, trial: dict, threads: int, train_fn) -> None:
+    """One trial, on the node Ray chose: hypertune's trial loop, talking to the sweep through the exchange."""
+    import torch
+    torch.set_num_threads(threads)
+    run_trial(ExchangeConnection(exchange, trial["trial"]), Path(run_root), config, trial, train_fn)
+
+
+class RayTrials:
+    """hypertune's trials as Ray tasks: at most `capacity` at once (--workers; default as many as the
+    cluster's CPUs hold). The interface of hypertune's LocalTrials: start, events, answer, release, stop, close."""
+
+    def __init__(self, sweep, workers: int | None, options):
+        self.sweep = sweep
+        self.ray = ray = connect(options, sweep.config["device"])
+        self.threads = options.cpus_per_run
+        self.task = ray.remote(trial_task)
+        self.resources = {"num_cpus": options.cpus_per_run, "num_gpus": options.gpus_per_run, "max_retries": 0}
+        self.exchange = ray.remote(Exchange).options(num_cpus=0).remote()
+        self.capacity = workers or max(1, int(ray.cluster_resources().get("CPU", 1) // options.cpus_per_run))
+        self.running = {}  # trial number -> its task
+
+    def start(self, trial: dict) -> int:
+        self.running[trial["trial"]] = self.task.options(name=f"trial {trial['trial']}", **self.resources).remote(
+            self.exchange, absolute(self.sweep.run_root), self.sweep.config, trial, self.threads,
+            self.sweep.train_fn)
+        return trial["trial"]
+
+    def events(self) -> list[tuple[int, tuple]]:
+        """(trial, message) for each report or outcome the trials sent, and a failure outcome for each trial
+        whose task ended without one (its worker or node died)."""
+        ended, _ = self.ray.wait(list(self.running.values()), num_returns=len(self.running), timeout=0)
+        # A task sends its outcome before it ends: with the ended ones known first, their outcomes are in.
+        messages = self.ray.get(self.exchange.collect.remote(0 if ended else POLL_S))
+        told = {trial for trial, message in messages if message[0] != "report"}
+        for trial, ref in self.running.items():
+            if ref in ended and trial not in told:
+                try:
+                    self.ray.get(ref)
+                    error = "trial ended without an outcome"
+                except self.ray.exceptions.RayError as failure:
+                    error = lost(failure)
+                messages.append((trial, ("failed", error, 0)))
+        return messages
+
+    def answer(self, trial: int, decision: bool) -> None:
+        self.exchange.answer.remote(trial, decision)
+
+    def release(self, trial: int) -> None:
+        del self.running[trial]
+
+    def stop(self) -> None:
+        stop_tasks(self.ray, list(self.running.values()))
+
+    def close(self) -> None:
+        self.ray.shutdown()
