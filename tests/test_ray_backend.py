@@ -1,7 +1,7 @@
 """--backend ray: the same records as local processes, lost workers, sweeps, and the errors of a missing Ray.
 
 The runners' shared behaviour (events and results, a crashing run, Ctrl-C and resume) is tested on both backends
-in test_learn_simple.py. Every Ray here is a local instance on this machine's cores (2 in CI).
+in test_learn_simple.py. Every Ray here is a local instance on 2 CPUs (conftest.py limits the tests to 2 cores).
 """
 
 import json
