@@ -8,10 +8,10 @@ The optimiser is bayesian-optimization's (3.x): a Gaussian process over the sear
 confidence bound maximised for each suggestion, wrapped in the constant liar so that trials running at once
 are given distinct points. The first `--random-trials` points are drawn uniformly. Each trial trains the agent
 with its point through the lab's rollout loop, on every environment and seed one after another, in a worker
-process; its target is `lab.tuning.trial_metric` (the IQM over seeds of the final evaluation returns; over
-several environments, the mean of the normalised IQMs). Each run evaluates `--reports` times; at each of
-those checkpoints the median pruner (`lab.tuning.MedianPruner`) may stop the trial, which is then registered
-with the value it reached.
+process (or a Ray task, with --backend ray: lab/ray_backend.py); its target is `lab.tuning.trial_metric`
+(the IQM over seeds of the final evaluation returns; over several environments, the mean of the normalised
+IQMs). Each run evaluates `--reports` times; at each of those checkpoints the median pruner
+(`lab.tuning.MedianPruner`) may stop the trial, which is then registered with the value it reached.
 
 runs/NAME/ holds config.json (the options), trials.json (every trial: values, status, metric, reports,
 error), optimizer.json (the optimiser's state), and trial_NNN/: its TensorBoard record (hyperparameters and
@@ -41,7 +41,7 @@ from lab.runner import INTERRUPTED, enter_worker, stop_on_sigterm, stop_workers,
 from lab.tuning import (MedianPruner, Param, SearchSpace, check_metric_envs, parse_param, run_trial, trial_dir,
                         trial_metric)
 
-CONFIG, TRIALS, OPTIMIZER, ERROR = "config.json", "trials.json", "optimizer.json", "error.txt"
+CONFIG, TRIALS, OPTIMIZER = "config.json", "trials.json", "optimizer.json"
 FINISHED = ("complete", "pruned")  # registered with the optimiser
 RESUMABLE_OPTIONS = ("workers", "backend", "address", "cpus_per_run", "gpus_per_run")  # what --resume may change
 
@@ -207,14 +207,15 @@ class Sweep:
             writer.add_hparams({**trial["settings"], "status": trial["status"]},
                                {"tune/metric": trial["metric"], "tune/steps": trial["steps"]}, run_name=".")
 
-    def run(self, workers: int | None, cluster=None) -> int:
-        """Run every open trial, at most `workers` at once, in local processes or, given `cluster` (the Ray
-        options), as Ray tasks; returns the exit code (0, 1 if a trial failed, 130 when interrupted)."""
-        if cluster is None:
+    def run(self, workers: int | None, ray_options=None) -> int:
+        """Run every open trial, at most `workers` at once, in local processes or, given `ray_options`
+        (address, cpus_per_run, gpus_per_run), as Ray tasks; returns the exit code (0, 1 if a trial failed,
+        130 when interrupted)."""
+        if ray_options is None:
             pool = LocalTrials(self, workers)
         else:
             from lab.ray_backend import RayTrials
-            pool = RayTrials(self, workers, cluster)
+            pool = RayTrials(self, workers, ray_options)
         running = {}  # the pool's key -> trial
         interrupted = False
         try:
@@ -362,7 +363,10 @@ def main() -> int:
     add_backend_arguments(parser, "trial", retries=False)
     args = parser.parse_args()
     check_backend(args)
-    if args.backend == "local":
+    if args.backend == "ray":
+        from lab.ray_backend import connect
+        connect(args)  # before anything is written: a cluster that cannot be joined leaves no sweep behind
+    else:
         args.workers = args.workers or len(os.sched_getaffinity(0))
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, stop_on_sigterm)
@@ -387,7 +391,7 @@ def main() -> int:
     at_once = f"up to {args.workers} at once" if args.workers else "as many at once as the Ray cluster holds"
     print(f"{sweep.open_trials()} trials to run ({len(sweep.trials)} in the record), {at_once}; logs in {run_root}",
           flush=True)
-    return sweep.run(args.workers, cluster=args if args.backend == "ray" else None)
+    return sweep.run(args.workers, ray_options=args if args.backend == "ray" else None)
 
 
 if __name__ == "__main__":

@@ -1,10 +1,11 @@
-"""Many (agent x environment x seed) runs at once, one process each, each on its share of the CPU cores.
+"""Many (agent x environment x seed) runs at once, one process each, each on its share of the CPU cores
+(or, with --backend ray, a Ray task each, placed by Ray on the nodes of a cluster).
 
     python learn_simple.py                       # the quick check: every agent, the quick suite, short budgets
     python learn_simple.py --agent sac_baseline --envs Pendulum-v1 --seeds 4 --steps 8000
     python learn_simple.py --list                # agents, presets, hyperparameters, suites
 
-Each run is `lab.rollout.train` in its own process. A run that crashes is reported and the others go on;
+Each run is `lab.rollout.train` in its own process (lab/ray_backend.py for Ray). A run that crashes is reported and the others go on;
 Ctrl-C stops every run, closes its logs, and writes results.json for those that finished.
 """
 
@@ -96,7 +97,8 @@ def main() -> int:
         return 0
     check_backend(args)
     if args.backend == "ray":
-        from lab.ray_backend import schedule_runs
+        from lab.ray_backend import connect, schedule_runs
+        connect(args)  # before anything is written: a cluster that cannot be joined leaves no run behind
         at_once = f"up to {args.workers} at once" if args.workers else "as many at once as the cluster holds"
         return run_plan(args, parser, lambda specs: schedule_runs(specs, args),
                         f"as Ray tasks, {at_once}")

@@ -120,24 +120,21 @@ def add_backend_arguments(parser: argparse.ArgumentParser, unit: str, retries: b
 
 
 def check_backend(args) -> None:
-    """Ray options only with --backend ray; there, Ray installed, a device the nodes can have, defaults."""
+    """Ray options only with --backend ray; there: Ray installed, the address, the resources and the device
+    checked as far as they can be before joining, and the defaults filled in."""
     given = [f"--{name.replace('_', '-')}" for name in RAY_OPTIONS if getattr(args, name, None) is not None]
     if args.backend != "ray":
         if given:
-            raise UsageError(f"{', '.join(given)} only apply to --backend ray (got --backend {args.backend})")
+            raise UsageError(f"{', '.join(given)}: only with --backend ray (got --backend {args.backend})")
         return
-    from lab.ray_backend import check_address, import_ray
+    from lab.ray_backend import check_address, check_request, import_ray
     import_ray()
     check_address(args.address)
-    if args.device.startswith("cuda:"):
-        raise UsageError(f"--device {args.device}: under Ray a run sees only the GPUs it was given; use --device cuda")
-    if args.device == "auto":
-        raise UsageError("--device auto: under Ray the device is the nodes', not this machine's; say cpu or cuda")
-    if args.device == "cuda" and args.gpus_per_run == 0:
-        raise UsageError("--device cuda under Ray needs --gpus-per-run above 0 (e.g. 0.25: four runs per GPU)")
     args.cpus_per_run = args.cpus_per_run or 1
     if hasattr(args, "retries") and args.retries is None:
         args.retries = 2
+    if not args.resume:  # a resumed run's device is in its config, checked when its tasks are asked for
+        check_request(args, args.device)
 
 
 def resolve_device(text: str, here: bool = True) -> str:

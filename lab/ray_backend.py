@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import dataclasses
+import json
 import logging
 import os
 import signal
@@ -29,11 +30,10 @@ from pathlib import Path
 
 from lab import UsageError
 from lab.rollout import RESULT, RunSpec, train, write_json
-from lab.runner import failure_entry, report_failure, write_failure
+from lab.runner import GRACE_S, failure_entry, report_failure, stop_on_sigterm, write_failure
 from lab.tuning import run_trial
 
 INSTALL = "pip install -r requirements-ray.txt"
-GRACE_S = 30.0  # after Ctrl-C, how long cancelled tasks get to close their logs before they are killed
 POLL_S = 0.2  # the sweep's wait for trial messages between looks at its tasks
 
 
@@ -63,15 +63,41 @@ def check_address(address: str | None) -> None:
                          f"start one with: ray start --head --port {port}") from None
 
 
-def connect(options, device: str):
-    """Join the cluster at --address, or start a local Ray instance on this process's cores; returns ray."""
+def check_request(options, device: str) -> dict:
+    """The resources each task asks Ray for, from the options and the runs' device; refuses a device that a
+    task cannot be given, and a request that no node of a local instance (this machine) could meet."""
+    if device.startswith("cuda:"):
+        raise UsageError(f"--device {device}: under Ray a run sees only the GPUs it was given; use --device cuda")
+    if device == "auto":
+        raise UsageError("--device auto: under Ray the device is the nodes', not this machine's; say cpu or cuda")
+    gpus = options.gpus_per_run if options.gpus_per_run is not None else (1.0 if device == "cuda" else 0.0)
+    if device == "cuda" and gpus == 0:
+        raise UsageError("--device cuda under Ray needs --gpus-per-run above 0 (e.g. 0.25: four runs per GPU)")
+    if (gpus > 1 and gpus != int(gpus)) or 0 < gpus < 1e-4:  # what Ray can schedule
+        raise UsageError(f"--gpus-per-run {gpus:g}: a fraction of one GPU (0.0001 to 1) or a whole number of GPUs")
+    if options.address is None:
+        import torch
+        cores, cards = len(os.sched_getaffinity(0)), torch.cuda.device_count()
+        if options.cpus_per_run > cores:
+            raise UsageError(f"--cpus-per-run {options.cpus_per_run}: the local Ray instance has {cores} cores")
+        if gpus > cards:
+            raise UsageError(f"--gpus-per-run {gpus:g}: the local Ray instance has {cards} GPUs")
+    return {"num_cpus": options.cpus_per_run, "num_gpus": gpus}
+
+
+def connect(options):
+    """Join the cluster at --address, or start a local Ray instance on this process's cores; returns ray.
+    Once per process: later calls return the connection made."""
     ray = import_ray()
-    if options.gpus_per_run is None:
-        options.gpus_per_run = 1.0 if device.startswith("cuda") else 0.0
+    if ray.is_initialized():
+        return ray
     import agents
     import envs
     import lab
     local = options.address is None
+    # Ray's workers inherit this disposition of SIGINT, and ray.cancel's KeyboardInterrupt needs the default one
+    # (a job started in the background by a shell has it ignored).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         # "local": a new instance, whatever Ray finds left of others on this machine
         ray.init(address="local" if local else options.address,
@@ -81,14 +107,28 @@ def connect(options, device: str):
         message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         if local:
             raise UsageError(f"cannot start a local Ray instance: {message}") from None
-        if "RAY_AUTH_MODE" not in os.environ:  # Ray 2.60's heads ask for a token that drivers only send when told to
-            message += "; a head started with `ray start` wants its token: set RAY_AUTH_MODE=token (README)"
+        if "RAY_AUTH_MODE" not in os.environ and options.address != "auto":  # auto finds the head's token itself
+            message += "; if the head uses token authentication (Ray's default), set RAY_AUTH_MODE=token (README)"
         raise UsageError(f"cannot join the Ray cluster at --address {options.address}: {message}") from None
-    nodes = [{key: node["Resources"].get(key, 0) for key in ("CPU", "GPU")} for node in ray.nodes() if node["Alive"]]
-    if not any(node["CPU"] >= options.cpus_per_run and node["GPU"] >= options.gpus_per_run for node in nodes):
-        print(f"warning: no node of the Ray cluster has {options.cpus_per_run} CPUs and {options.gpus_per_run} GPUs "
-              f"for a run (its nodes: {nodes}); the runs wait until such a node joins", file=sys.stderr, flush=True)
+    signal.signal(signal.SIGTERM, stop_on_sigterm)  # ray.init's own handler exits without closing any log
     return ray
+
+
+def task_slots(ray, resources: dict) -> int:
+    """How many tasks asking for `resources` the cluster's nodes hold at once. None: a warning, the tasks
+    wait (a cluster may still be growing)."""
+    slots, nodes = 0, []
+    for node in ray.nodes():
+        if node["Alive"]:
+            cpus, gpus = node["Resources"].get("CPU", 0), node["Resources"].get("GPU", 0)
+            nodes.append({"CPU": cpus, "GPU": gpus})
+            fit = cpus // resources["num_cpus"]
+            slots += int(min(fit, gpus // resources["num_gpus"]) if resources["num_gpus"] else fit)
+    if not slots:
+        print(f"warning: no node of the Ray cluster has {resources['num_cpus']} CPUs and {resources['num_gpus']:g} "
+              f"GPUs for a task (its nodes: {nodes}); the tasks wait until such a node joins", file=sys.stderr,
+              flush=True)
+    return slots
 
 
 def absolute(path) -> str:
@@ -120,6 +160,9 @@ def run_task(spec: RunSpec, threads: int) -> dict:
     import torch
     torch.set_num_threads(threads)
     Path(spec.run_dir).mkdir(parents=True, exist_ok=True)  # for error.txt, should train() fail before making it
+    result = Path(spec.run_dir) / RESULT
+    if result.exists():  # a retry whose first attempt finished before its node was lost
+        return json.loads(result.read_text())
     try:
         # resume: a retry after a lost node continues from the run's last checkpoint (a new run has none)
         return train(dataclasses.replace(spec, resume=True))
@@ -133,9 +176,12 @@ def schedule_runs(specs: list[RunSpec], options) -> tuple[list[dict], list[dict]
     queues them); returns (records, failures, interrupted)."""
     if not specs:
         return [], [], False
-    ray = connect(options, specs[0].device)
-    task, resources = ray.remote(run_task), {"num_cpus": options.cpus_per_run, "num_gpus": options.gpus_per_run,
-                                             "max_retries": options.retries, "retry_exceptions": False}
+    ray = connect(options)
+    resources = check_request(options, specs[0].device)
+    task_slots(ray, resources)
+    # A fresh worker process per run, as locally: a reused one keeps the CUDA device of its first run.
+    task = ray.remote(max_calls=1)(run_task)
+    resources.update(max_retries=options.retries, retry_exceptions=False)
     pending, running = [dataclasses.replace(spec, run_dir=absolute(spec.run_dir)) for spec in specs], {}
     limit = options.workers or len(specs)
     records, failures, interrupted = [], [], False
@@ -241,12 +287,17 @@ class RayTrials:
 
     def __init__(self, sweep, workers: int | None, options):
         self.sweep = sweep
-        self.ray = ray = connect(options, sweep.config["device"])
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+        self.ray = ray = connect(options)
         self.threads = options.cpus_per_run
-        self.task = ray.remote(trial_task)
-        self.resources = {"num_cpus": options.cpus_per_run, "num_gpus": options.gpus_per_run, "max_retries": 0}
-        self.exchange = ray.remote(Exchange).options(num_cpus=0).remote()
-        self.capacity = workers or max(1, int(ray.cluster_resources().get("CPU", 1) // options.cpus_per_run))
+        resources = check_request(options, sweep.config["device"])
+        self.capacity = workers or max(1, task_slots(ray, resources))
+        self.task = ray.remote(max_calls=1)(trial_task)  # a fresh worker process per trial, as in run_task
+        self.resources = {**resources, "max_retries": 0}
+        # On this node, which the sweep needs anyway; one call waits in it for each running trial.
+        here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+        self.exchange = ray.remote(Exchange).options(num_cpus=0, scheduling_strategy=here,
+                                                     max_concurrency=self.capacity + 16).remote()
         self.running = {}  # trial number -> its task
 
     def start(self, trial: dict) -> int:
@@ -261,6 +312,8 @@ class RayTrials:
         ended, _ = self.ray.wait(list(self.running.values()), num_returns=len(self.running), timeout=0)
         # A task sends its outcome before it ends: with the ended ones known first, their outcomes are in.
         messages = self.ray.get(self.exchange.collect.remote(0 if ended else POLL_S))
+        # A trial already given up as dead may have had a message on its way: it is no longer anyone's.
+        messages = [(trial, message) for trial, message in messages if trial in self.running]
         told = {trial for trial, message in messages if message[0] != "report"}
         for trial, ref in self.running.items():
             if ref in ended and trial not in told:

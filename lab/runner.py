@@ -23,6 +23,7 @@ from lab.rollout import RESULT, RunSpec, TrainingDiverged, write_json
 
 ERROR = "error.txt"
 INTERRUPTED = 130
+GRACE_S = 30.0  # after Ctrl-C, how long workers get to close their logs before they are killed
 Schedule = Callable[[list[RunSpec]], tuple[list[dict], list[dict], bool]]
 
 
@@ -68,14 +69,14 @@ def enter_worker(threads: int, cpus: list[int] | None) -> None:
         os.sched_setaffinity(0, cpus)
 
 
-def stop_workers(processes: list, grace_s: float = 30.0) -> None:
-    """After Ctrl-C: pass it on to every worker still running, give them `grace_s` to close their logs, then
+def stop_workers(processes: list) -> None:
+    """After Ctrl-C: pass it on to every worker still running, give them GRACE_S to close their logs, then
     terminate the stragglers. Further Ctrl-Cs are ignored meanwhile, so that the closing is not cut short."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     for process in processes:
         if process.is_alive():
             os.kill(process.pid, signal.SIGINT)
-    deadline = time.monotonic() + grace_s
+    deadline = time.monotonic() + GRACE_S
     for process in processes:
         process.join(max(0.0, deadline - time.monotonic()))
         if process.is_alive():

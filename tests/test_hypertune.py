@@ -206,7 +206,7 @@ def test_an_interrupted_sweep_resumes_with_its_registered_history(tmp_path, monk
     signal.signal(signal.SIGINT, signal.default_int_handler)
     threading.Thread(target=interrupt_when_stuck, daemon=True).start()
     try:
-        assert sweep.run(workers=2, cluster=cluster) == 130
+        assert sweep.run(workers=2, ray_options=cluster) == 130
     finally:
         signal.signal(signal.SIGINT, handler)
     before = json.loads(trials_file.read_text())
@@ -217,7 +217,7 @@ def test_an_interrupted_sweep_resumes_with_its_registered_history(tmp_path, monk
 
     monkeypatch.delenv("SYNTHETIC_SLOW_FROM")
     resumed = Sweep.resumed(sweep.run_root, train_fn=synthetic_train)
-    assert resumed.run(workers=2, cluster=cluster) == 0
+    assert resumed.run(workers=2, ray_options=cluster) == 0
     after = json.loads(trials_file.read_text())
     assert len(after) == 10 and all(t["status"] in ("complete", "pruned") for t in after)
     assert after[:5] == before[:5]  # what was registered is kept as it was

@@ -73,6 +73,23 @@ def test_runs_join_a_cluster_started_with_rays_own_commands(tmp_path):
 
 
 @needs_ray
+def test_sigterm_stops_ray_runs_as_ctrl_c_does(tmp_path):
+    process = subprocess.Popen([sys.executable, str(ROOT / "learn_simple.py"), *RUN, "--backend", "ray",
+                                "--envs", "Pendulum-v1", "--seeds", "2", "--steps", "3000", "--eval-every", "200",
+                                "--name", "term"], cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and " 400/3000 steps" not in process.stdout.readline():
+        pass
+    process.terminate()  # what a scheduler's time limit or `kill` does; Ray's own handler would exit at once
+    stdout, stderr = process.communicate(timeout=90)
+    assert process.returncode == 130, stdout + stderr
+    results = json.loads((tmp_path / "runs" / "term" / "results.json").read_text())
+    assert results["interrupted"] and {f["error"] for f in results["failures"]} == {"interrupted"}
+    assert list((tmp_path / "runs" / "term" / "sac_baseline" / "Pendulum-v1" / "seed_0").glob("events.out.*"))
+
+
+@needs_ray
 def test_a_lost_worker_is_retried_and_its_run_finishes(tmp_path):
     marker = tmp_path / "died"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "TOY_DIE_MARKER": str(marker)}
@@ -119,7 +136,7 @@ def test_trials_that_raise_or_die_on_ray_are_failed_and_the_sweep_goes_on(tmp_pa
     monkeypatch.chdir(ROOT)  # Ray's workers import the synthetic objective from the driver's directory
     sweep = new_sweep(tmp_path, trials=8, random_trials=8)
     cluster = SimpleNamespace(address=None, cpus_per_run=1, gpus_per_run=None)
-    assert sweep.run(workers=2, cluster=cluster) == 1
+    assert sweep.run(workers=2, ray_options=cluster) == 1
     statuses = {t["trial"]: t["status"] for t in sweep.trials}
     assert len(statuses) == 8 and statuses[1] == "failed" and "Ray task lost" in sweep.trials[1]["error"]
     crashed = [t for t in sweep.trials if t["error"] and "synthetic crash" in t["error"]]
@@ -142,12 +159,15 @@ def test_without_ray_the_backend_is_a_one_line_error_saying_how_to_install_it(tm
 
 BAD_OPTIONS = [
     (["--backend", "slurm"], "argument --backend: invalid choice: 'slurm'"),
-    (["--address", "auto"], "--address only apply to --backend ray"),
-    (["--cpus-per-run", "2"], "--cpus-per-run only apply to --backend ray"),
+    (["--address", "auto"], "--address: only with --backend ray"),
+    (["--cpus-per-run", "2"], "--cpus-per-run: only with --backend ray"),
     (["--backend", "ray", "--cpus-per-run", "0"], "argument --cpus-per-run: expected a positive integer, got 0"),
     (["--backend", "ray", "--gpus-per-run", "-1"], "argument --gpus-per-run: expected a number >= 0, got -1"),
     (["--backend", "ray", "--device", "cuda:1"], "--device cuda:1: under Ray a run sees only the GPUs it was given"),
     (["--backend", "ray", "--device", "cuda", "--gpus-per-run", "0"], "--device cuda under Ray needs --gpus-per-run"),
+    (["--backend", "ray", "--cpus-per-run", "64"], "--cpus-per-run 64: the local Ray instance has 2 cores"),
+    (["--backend", "ray", "--gpus-per-run", "1.5"], "--gpus-per-run 1.5: a fraction of one GPU (0.0001 to 1)"),
+    (["--backend", "ray", "--device", "auto"], "--device auto: under Ray the device is the nodes'"),
     (["--backend", "ray", "--address", "headnode"], "--address 'headnode': expected auto, HOST:PORT or ray://"),
     (["--backend", "ray", "--address", "127.0.0.1:1"], "--address 127.0.0.1:1: no Ray head answers there"),
 ]
