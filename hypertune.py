@@ -27,17 +27,19 @@ import math
 import multiprocessing
 import os
 import shutil
-import signal
 import sys
 import time
 from multiprocessing.connection import wait
 from pathlib import Path
 
+from agents import resolve_hyperparameters
+from envs import resolve_envs
 from lab import UsageError
-from lab.cli import (RUNS, ArgumentParser, add_backend_arguments, check_backend, exit_on_usage_error, new_run_root,
-                     non_negative_float, non_negative_int, positive_int, resolve_device)
+from lab.cli import (RUNS, ArgumentParser, add_backend_arguments, check_agents_drive, check_backend,
+                     exit_on_usage_error, new_run_root, non_negative_float, non_negative_int, positive_int,
+                     refuse_changed, resolve_device, resume_root)
 from lab.rollout import train, write_json
-from lab.runner import INTERRUPTED, enter_worker, stop_on_sigterm, stop_workers, worker_slots
+from lab.runner import INTERRUPTED, enter_worker, install_stop_handlers, stop_workers, worker_slots
 from lab.tuning import (MedianPruner, Param, SearchSpace, check_metric_envs, parse_param, run_trial, trial_dir,
                         trial_metric)
 
@@ -59,7 +61,7 @@ class LocalTrials:
 
     def __init__(self, sweep, workers: int):
         self.sweep = sweep
-        self.slots = worker_slots(workers, max(1, sweep.open_trials()))
+        self.slots = worker_slots(workers, sweep.open_trials())
         self.capacity = len(self.slots)
         self.free = list(range(self.capacity))
         self.running = {}  # connection -> (process, slot)
@@ -294,8 +296,6 @@ def describe(settings: dict) -> str:
 
 def plan(args) -> tuple[Path, dict]:
     """Check every option before anything runs; returns the sweep's directory and its config."""
-    from agents import make_agent, resolve_hyperparameters
-    from envs import make_env, resolve_envs
     device = resolve_device(args.device, here=args.backend == "local")
     fixed = resolve_hyperparameters(args.agent, args.set)  # the preset's values, then --set's
     params = [parse_param(text, args.agent, fixed) for text in args.param]
@@ -309,9 +309,7 @@ def plan(args) -> tuple[Path, dict]:
     for env_id, budget in steps.items():
         if budget < args.reports:
             raise UsageError(f"--reports {args.reports} evaluations need at least as many steps; {env_id} has {budget}")
-        env = make_env(env_id)
-        make_agent(args.agent, env.observation_space, env.action_space, total_steps=1, settings=fixed)
-        env.close()
+    check_agents_drive(steps, {args.agent: fixed})
     run_root = new_run_root(args.name)
     config = {"agent": args.agent, "steps": steps, "seeds": args.seeds, "trials": args.trials,
               "random_trials": (args.random_trials if args.random_trials is not None
@@ -368,22 +366,14 @@ def main() -> int:
         connect(args)  # before anything is written: a cluster that cannot be joined leaves no sweep behind
     else:
         args.workers = args.workers or len(os.sched_getaffinity(0))
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    signal.signal(signal.SIGTERM, stop_on_sigterm)
+    install_stop_handlers()
 
     if args.resume:
-        given = [f"--{key.replace('_', '-')}" for key, value in vars(args).items()
-                 if key not in ("resume", *RESUMABLE_OPTIONS) and value != parser.get_default(key)]
-        if given:
-            raise UsageError(f"--resume continues a sweep with the options it was started with; "
-                             f"drop {', '.join(given)}")
-        run_root = Path(args.resume) if Path(args.resume).is_dir() else RUNS / args.resume
-        if not (run_root / CONFIG).exists():
-            raise UsageError(f"cannot resume '{args.resume}': no {CONFIG} in {run_root} (is it a sweep directory?)")
+        refuse_changed(args, parser, [key for key in vars(args) if key not in ("resume", *RESUMABLE_OPTIONS)],
+                       "sweep")
+        run_root = resume_root(args.resume, RUNS, "sweep")
         sweep = Sweep.resumed(run_root, here=args.backend == "local")
     else:
-        if not args.param:
-            raise UsageError("nothing to search: give at least one --param NAME=LOW:HIGH[:log|:int]")
         run_root, config = plan(args)
         run_root.mkdir(parents=True)
         write_json(run_root / CONFIG, config)

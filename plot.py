@@ -33,15 +33,15 @@ Curves = dict  # (agent label, env) -> {seed: [(step, return), ...]}
 def load_run(run_root: Path) -> Curves:
     """Every seed's evaluations in one run: results.json's records, then the TensorBoard logs of the seed
     directories it does not have."""
-    if not (run_root / "results.json").exists() and not (run_root / "config.json").exists():
+    results, config_path = run_root / "results.json", run_root / "config.json"
+    if not results.exists() and not config_path.exists():
         raise UsageError(f"{run_root} is not a run directory (no results.json or config.json); "
                          f"give runs/NAME as learn_simple.py or learn_vectorised.py wrote it")
     curves: Curves = defaultdict(dict)
-    records = json.loads((run_root / "results.json").read_text())["records"] \
-        if (run_root / "results.json").exists() else []
+    records = json.loads(results.read_text())["records"] if results.exists() else []
     for record in records:
         curves[record["agent"], record["env"]][record["seed"]] = [tuple(e) for e in record["evaluations"]]
-    config = json.loads((run_root / "config.json").read_text()) if (run_root / "config.json").exists() else {}
+    config = json.loads(config_path.read_text()) if config_path.exists() else {}
     agent_of_directory = {run_dir_name(agent): agent for agent in config.get("agents", [])}
     for seed_dir in sorted({path.parent for path in run_root.glob("*/*/seed_*/events.out.tfevents.*")}):
         directory, env, seed = seed_dir.parent.parent.name, seed_dir.parent.name, int(seed_dir.name[5:])

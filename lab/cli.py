@@ -134,11 +134,14 @@ def check_backend(args) -> None:
     if hasattr(args, "retries") and args.retries is None:
         args.retries = 2
     if not args.resume:  # a resumed run's device is in its config, checked when its tasks are asked for
-        check_request(args, args.device)
+        check_request(args, resolve_device(args.device, here=False))
 
 
 def resolve_device(text: str, here: bool = True) -> str:
-    """The device of --device, checked against this machine's (`here`), or only its form (runs elsewhere)."""
+    """The device of --device, checked against this machine's (`here`), or, for runs on Ray's nodes, a device
+    any node's task can be given: cpu or cuda (its own GPUs, as Ray assigns them)."""
+    if not here and text == "auto":
+        raise UsageError("--device auto: under Ray the device is the nodes', not this machine's; say cpu or cuda")
     if text == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     try:
@@ -148,6 +151,8 @@ def resolve_device(text: str, here: bool = True) -> str:
     if device.type not in ("cpu", "cuda"):
         raise UsageError(f"unknown device '{text}'; valid: cpu, cuda, cuda:N, auto")
     if not here:
+        if device.index is not None:
+            raise UsageError(f"--device {text}: under Ray a run sees only the GPUs it was given; use --device cuda")
         return text
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UsageError(f"device '{text}' asked for, but this machine has no CUDA device; use --device cpu or auto")
@@ -174,6 +179,33 @@ def new_run_root(name: str | None, runs_root: Path = RUNS) -> Path:
     return run_root
 
 
+def check_agents_drive(env_ids, settings: dict) -> None:
+    """Build each agent (`settings`: agent name -> hyperparameters) for each environment, so that an agent that
+    cannot drive one fails here, not in a worker."""
+    for env_id in env_ids:
+        env = make_env(env_id)
+        for agent, hyperparameters in settings.items():
+            make_agent(agent, env.observation_space, env.action_space, device="cpu", total_steps=1,
+                       settings=hyperparameters)
+        env.close()
+
+
+def refuse_changed(args, parser, keys, kind: str) -> None:
+    """--resume keeps the options a run or sweep (`kind`) was started with: any of `keys` given is refused."""
+    given = [f"--{key.replace('_', '-')}" for key in keys
+             if hasattr(args, key) and getattr(args, key) != parser.get_default(key)]
+    if given:
+        raise UsageError(f"--resume continues a {kind} with the options it was started with; drop {', '.join(given)}")
+
+
+def resume_root(name: str, runs_root: Path, kind: str) -> Path:
+    """The directory --resume NAME names (a path, or runs/NAME), which must hold a config.json."""
+    run_root = Path(name) if Path(name).is_dir() else runs_root / name
+    if not (run_root / CONFIG).exists():
+        raise UsageError(f"cannot resume '{name}': no {CONFIG} in {run_root} (is it a {kind} directory?)")
+    return run_root
+
+
 def plan_runs(args, parser, runs_root: Path = RUNS) -> tuple[Path, list[RunSpec], dict]:
     """Validate every option and build the runs, before anything is written; returns (run dir, specs, config)."""
     if args.resume:
@@ -182,12 +214,7 @@ def plan_runs(args, parser, runs_root: Path = RUNS) -> tuple[Path, list[RunSpec]
     check_compile(args.compile, device)
     budgets = resolve_envs(args.envs)
     settings = {agent: resolve_hyperparameters(agent, args.set) for agent in dict.fromkeys(args.agent)}
-    for env_id in budgets:
-        env = make_env(env_id)
-        for agent in settings:  # an agent that cannot drive this environment fails here, not in a worker
-            make_agent(agent, env.observation_space, env.action_space, device="cpu", total_steps=1,
-                       settings=settings[agent])
-        env.close()
+    check_agents_drive(budgets, settings)
     run_root = new_run_root(args.name, runs_root / BASELINES.name if args.baseline else runs_root)
     config = {"agents": list(settings), "envs": {env_id: args.steps or steps for env_id, steps in budgets.items()},
               "seeds": args.seeds, "device": device, "settings": settings,
@@ -223,16 +250,9 @@ RUN_OPTIONS = ("agent", "envs", "seeds", "steps", "device", "set", "name", "log"
 
 
 def resume_plan(args, parser, runs_root: Path) -> tuple[Path, list[RunSpec], dict]:
-    given = [f"--{key.replace('_', '-')}" for key in RUN_OPTIONS
-             if hasattr(args, key) and getattr(args, key) != parser.get_default(key)]
-    if given:
-        raise UsageError(f"--resume continues a run with the options it was started with; drop {', '.join(given)}")
-    run_root = Path(args.resume)
-    if not run_root.is_dir():
-        run_root = runs_root / args.resume
+    refuse_changed(args, parser, RUN_OPTIONS, "run")
+    run_root = resume_root(args.resume, runs_root, "run")
     config_path = run_root / CONFIG
-    if not config_path.exists():
-        raise UsageError(f"cannot resume '{args.resume}': no {CONFIG} in {run_root} (is it a run directory?)")
     try:
         config = json.loads(config_path.read_text())
         here = getattr(args, "backend", "local") == "local"

@@ -28,9 +28,11 @@ import socket
 import sys
 from pathlib import Path
 
+import torch
+
 from lab import UsageError
 from lab.rollout import RESULT, RunSpec, train, write_json
-from lab.runner import GRACE_S, failure_entry, report_failure, stop_on_sigterm, write_failure
+from lab.runner import GRACE_S, failure_entry, install_stop_handlers, report_failure, write_failure
 from lab.tuning import run_trial
 
 INSTALL = "pip install -r requirements-ray.txt"
@@ -64,19 +66,15 @@ def check_address(address: str | None) -> None:
 
 
 def check_request(options, device: str) -> dict:
-    """The resources each task asks Ray for, from the options and the runs' device; refuses a device that a
-    task cannot be given, and a request that no node of a local instance (this machine) could meet."""
-    if device.startswith("cuda:"):
-        raise UsageError(f"--device {device}: under Ray a run sees only the GPUs it was given; use --device cuda")
-    if device == "auto":
-        raise UsageError("--device auto: under Ray the device is the nodes', not this machine's; say cpu or cuda")
+    """The resources each task asks Ray for, from the options and the runs' device (cpu or cuda, as
+    lab.cli.resolve_device leaves it for Ray); refuses a request Ray cannot schedule, and one that no node of a
+    local instance (this machine) could meet."""
     gpus = options.gpus_per_run if options.gpus_per_run is not None else (1.0 if device == "cuda" else 0.0)
     if device == "cuda" and gpus == 0:
         raise UsageError("--device cuda under Ray needs --gpus-per-run above 0 (e.g. 0.25: four runs per GPU)")
     if (gpus > 1 and gpus != int(gpus)) or 0 < gpus < 1e-4:  # what Ray can schedule
         raise UsageError(f"--gpus-per-run {gpus:g}: a fraction of one GPU (0.0001 to 1) or a whole number of GPUs")
     if options.address is None:
-        import torch
         cores, cards = len(os.sched_getaffinity(0)), torch.cuda.device_count()
         if options.cpus_per_run > cores:
             raise UsageError(f"--cpus-per-run {options.cpus_per_run}: the local Ray instance has {cores} cores")
@@ -95,9 +93,9 @@ def connect(options):
     import envs
     import lab
     local = options.address is None
-    # Ray's workers inherit this disposition of SIGINT, and ray.cancel's KeyboardInterrupt needs the default one
-    # (a job started in the background by a shell has it ignored).
-    signal.signal(signal.SIGINT, signal.default_int_handler)
+    # Before Ray starts its workers: they inherit this process's SIGINT disposition, and ray.cancel's
+    # KeyboardInterrupt needs the default one.
+    install_stop_handlers()
     try:
         # "local": a new instance, whatever Ray finds left of others on this machine
         ray.init(address="local" if local else options.address,
@@ -110,7 +108,7 @@ def connect(options):
         if "RAY_AUTH_MODE" not in os.environ and options.address != "auto":  # auto finds the head's token itself
             message += "; if the head uses token authentication (Ray's default), set RAY_AUTH_MODE=token (README)"
         raise UsageError(f"cannot join the Ray cluster at --address {options.address}: {message}") from None
-    signal.signal(signal.SIGTERM, stop_on_sigterm)  # ray.init's own handler exits without closing any log
+    install_stop_handlers()  # ray.init replaced the SIGTERM handler with one that exits without closing any log
     return ray
 
 
@@ -157,7 +155,6 @@ def lost(error: BaseException) -> str:
 
 def run_task(spec: RunSpec, threads: int) -> dict:
     """One run, on the node Ray chose; returns its record, or {'error': first line} when it failed."""
-    import torch
     torch.set_num_threads(threads)
     Path(spec.run_dir).mkdir(parents=True, exist_ok=True)  # for error.txt, should train() fail before making it
     result = Path(spec.run_dir) / RESULT
@@ -276,7 +273,6 @@ class ExchangeConnection:
 
 def trial_task(exchange, run_root: str, config: dict, trial: dict, threads: int, train_fn) -> None:
     """One trial, on the node Ray chose: hypertune's trial loop, talking to the sweep through the exchange."""
-    import torch
     torch.set_num_threads(threads)
     run_trial(ExchangeConnection(exchange, trial["trial"]), Path(run_root), config, trial, train_fn)
 

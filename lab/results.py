@@ -13,9 +13,14 @@ def iqm(values) -> float:
     Cuts int(0.25 * n) values from each end, as scipy.stats.trim_mean(values, 0.25) does, so with fewer than
     four seeds it is the plain mean.
     """
-    ordered = np.sort(np.asarray(values, dtype=float))
-    cut = int(0.25 * len(ordered))
-    return float(ordered[cut:len(ordered) - cut].mean())
+    return float(iqm_rows(np.asarray(values, dtype=float)))
+
+
+def iqm_rows(scores: np.ndarray) -> np.ndarray:
+    """The IQM of each row of `scores` [rows, values] (of `scores` itself when it is one row)."""
+    ordered = np.sort(scores, axis=-1)
+    cut = int(0.25 * ordered.shape[-1])
+    return ordered[..., cut:ordered.shape[-1] - cut].mean(axis=-1)
 
 
 def aggregate(records: list[dict], expected: dict[tuple[str, str], int]) -> list[dict]:

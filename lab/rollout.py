@@ -91,15 +91,20 @@ def load_env_rng_state(envs, state: list) -> None:
         envs.set_attr("np_random", state)
 
 
-def evaluate(agent, env: gym.Env, episodes: int, seed: int, device) -> float:
-    """Mean return of `episodes` episodes of the deterministic policy, on an environment used for nothing else."""
+def evaluate(agent, env: gym.Env, episodes: int, seed: int, device, frames: list | None = None) -> float:
+    """Mean return of `episodes` episodes of the deterministic policy, on an environment used for nothing else;
+    given `frames`, every rendered frame is appended to it."""
     returns = []
     for episode in range(episodes):
         obs, _ = env.reset(seed=seed + episode)
+        if frames is not None:
+            frames.append(env.render())
         total, done = 0.0, False
         while not done:
             action = agent.act(torch.as_tensor(obs, dtype=torch.float32, device=device).unsqueeze(0), explore=False)
             obs, reward, terminated, truncated, _ = env.step(action[0].cpu().numpy())
+            if frames is not None:
+                frames.append(env.render())
             total += float(reward)
             done = terminated or truncated
         returns.append(total)
@@ -157,9 +162,11 @@ def train(spec: RunSpec, on_eval: Callable[[int, float], bool] | None = None) ->
     eval_env = make_env(spec.env)
     agent = make_agent(spec.agent, envs.single_observation_space, envs.single_action_space, num_envs=spec.num_envs,
                        device=device, seed=spec.seed, total_steps=spec.steps, settings=spec.settings)
-    if COMPILE_MODES[spec.compile] is not None:
-        agent.compile(COMPILE_MODES[spec.compile])
+    compile_mode = COMPILE_MODES[spec.compile]
+    if compile_mode is not None:
+        agent.compile(compile_mode)
     state = {"step": 0, "episodes": [], "evaluations": [], "wall_s": 0.0}
+    eval_seed = EVAL_SEED_OFFSET + spec.seed * spec.eval_episodes
     checkpoint_path = run_dir / CHECKPOINT if run_dir else None
     resumed = spec.resume and checkpoint_path is not None and checkpoint_path.exists()
     if spec.resume and not resumed and run_dir is not None:
@@ -236,7 +243,6 @@ def train(spec: RunSpec, on_eval: Callable[[int, float], bool] | None = None) ->
             if step >= next_eval or step >= spec.steps:
                 next_eval += eval_every
                 record_episodes()
-                eval_seed = EVAL_SEED_OFFSET + spec.seed * spec.eval_episodes
                 mean_return = evaluate(agent, eval_env, spec.eval_episodes, eval_seed, device)
                 state["evaluations"].append((step, mean_return))
                 if writer:
@@ -292,7 +298,7 @@ def train(spec: RunSpec, on_eval: Callable[[int, float], bool] | None = None) ->
         record["stopped_at"] = stopped_at
     if spec.video_episodes and run_dir is not None:
         try:
-            record_video(agent, spec, device, run_dir / VIDEO, writer, step)
+            record_video(agent, spec, device, run_dir / VIDEO, writer, step, eval_seed)
         except Exception as error:  # a machine that cannot render must not cost the run its results
             print(f"[{spec.label}] no video: {type(error).__name__}: {error}", file=sys.stderr, flush=True)
     if writer:
@@ -307,24 +313,15 @@ def train(spec: RunSpec, on_eval: Callable[[int, float], bool] | None = None) ->
     return record
 
 
-def record_video(agent, spec: RunSpec, device, path: Path, writer, step: int) -> None:
-    """`spec.video_episodes` episodes of the deterministic policy, on the evaluation seeds, as an animated GIF
-    at `path` and, when logging, as TensorBoard's `eval/video`. Frames are halved in size and every other one
-    kept (25 per second): a Pendulum episode is then about 100 small frames."""
+def record_video(agent, spec: RunSpec, device, path: Path, writer, step: int, seed: int) -> None:
+    """`spec.video_episodes` episodes of the deterministic policy, from the evaluation seed `seed` on, as an
+    animated GIF at `path` and, when logging, as TensorBoard's `eval/video`. Frames are halved in size and every
+    other one kept (25 per second): a Pendulum episode is then about 100 small frames."""
     from PIL import Image
     env = make_env(spec.env, render_mode="rgb_array")
     frames = []
     try:
-        for episode in range(spec.video_episodes):
-            obs, _ = env.reset(seed=EVAL_SEED_OFFSET + spec.seed * spec.eval_episodes + episode)
-            frames.append(env.render())
-            done = False
-            while not done:
-                action = agent.act(torch.as_tensor(obs, dtype=torch.float32, device=device).unsqueeze(0),
-                                   explore=False)
-                obs, _, terminated, truncated, _ = env.step(action[0].cpu().numpy())
-                frames.append(env.render())
-                done = terminated or truncated
+        evaluate(agent, env, spec.video_episodes, seed, device, frames)
     finally:
         env.close()
     images = [Image.fromarray(frame).reduce(2) for frame in frames[::2]]

@@ -88,13 +88,18 @@ def stop_on_sigterm(signum, frame):
     raise KeyboardInterrupt  # a kill or a scheduler's timeout stops the runs as Ctrl-C does
 
 
+def install_stop_handlers() -> None:
+    """Ctrl-C and SIGTERM raise KeyboardInterrupt in the process that schedules the work. Explicitly for SIGINT:
+    a job started in the background by a shell inherits it ignored, and would not stop."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, stop_on_sigterm)
+
+
 def run_plan(args, parser, schedule: Schedule, how: str) -> int:
     """Plan the runs (or reload them with --resume), run those not finished, write results.json, print the
     table; returns the exit code: 0, 1 when a run failed, 130 when interrupted. `how` describes the schedule."""
     run_root, specs, config = plan_runs(args, parser)
-    # Explicitly: a job started in the background by a shell inherits SIGINT ignored, and would not stop.
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    signal.signal(signal.SIGTERM, stop_on_sigterm)
+    install_stop_handlers()
     run_root.mkdir(parents=True, exist_ok=True)
     if not args.resume:
         write_json(run_root / CONFIG, config)

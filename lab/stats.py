@@ -6,14 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from lab.results import iqm
-
-
-def iqm_rows(scores: np.ndarray) -> np.ndarray:
-    """The IQM of each row of `scores` [rows, values]: the mean of its middle 50% (int(n/4) cut at each end)."""
-    ordered = np.sort(scores, axis=-1)
-    cut = int(0.25 * ordered.shape[-1])
-    return ordered[..., cut:ordered.shape[-1] - cut].mean(axis=-1)
+from lab.results import iqm, iqm_rows
 
 
 def stratified_bootstrap_ci(scores: np.ndarray, repetitions: int = 2000, confidence: float = 0.95,
@@ -27,7 +20,7 @@ def stratified_bootstrap_ci(scores: np.ndarray, repetitions: int = 2000, confide
     runs, tasks = scores.shape
     rng = np.random.default_rng(seed)
     picks = rng.integers(0, runs, size=(repetitions, runs, tasks))  # a run index per (sample, slot, task)
-    samples = np.take_along_axis(scores[None].repeat(repetitions, axis=0), picks, axis=1)
+    samples = scores[picks, np.arange(tasks)]  # [sample, slot, task]: the picked run's score in that task
     estimates = iqm_rows(samples.reshape(repetitions, runs * tasks))
     tail = (1 - confidence) / 2
     low, high = np.percentile(estimates, [100 * tail, 100 * (1 - tail)])

@@ -61,7 +61,7 @@ def parse_param(text: str, agent: str, fixed: dict | None = None) -> Param:
     if not sep or not name or len(parts) not in (2, 3):
         raise UsageError(f"--param '{text}': {form}")
     scale = parts[2].strip() if len(parts) == 3 else "linear"
-    if len(parts) == 3 and scale not in ("log", "int"):
+    if len(parts) == 3 and scale not in SCALES[1:]:
         raise UsageError(f"--param '{text}': unknown scale '{scale}'; valid: log, int (or none: linear)")
     try:
         low, high = float(parts[0]), float(parts[1])
