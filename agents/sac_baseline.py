@@ -6,8 +6,12 @@ Algorithms and Applications" (automatic entropy tuning, https://arxiv.org/abs/18
 Reference code: https://github.com/vwxyzjn/cleanrl/blob/master/cleanrl/sac_continuous_action.py
 
 DroQ is SAC with dropout and LayerNorm in the Q functions (Linear -> Dropout -> LayerNorm -> ReLU), which lets
-a high replay ratio (20 critic updates per transition) learn fast without the ensemble REDQ needs; its actor is
-updated once per 20 critic updates. `sac_baseline:droq` sets exactly those hyperparameters.
+a high replay ratio (20 critic updates per transition) learn fast without the ensemble REDQ needs. From REDQ,
+whose code DroQ's builds on (https://github.com/TakuyaHiraoka/Dropout-Q-Functions-for-Doubly-Efficient-
+Reinforcement-Learning), it takes the actor's update: once per 20 critic updates, on the MEAN of the Q
+functions (the targets keep their minimum). `sac_baseline:droq` sets exactly the paper's hyperparameters:
+dropout 0.01, LayerNorm, replay ratio 20, one actor update per 20, the mean for the actor, 3e-4 for every
+learning rate (actor, critics, temperature) and 5000 uniform-random steps before learning.
 
 Same algorithm and hyperparameter names as CleanRL; what differs is for speed or for the lab's interface:
 - the critics' weights are frozen during the actor's backward pass, so it computes no critic weight grads;
@@ -25,6 +29,7 @@ import torch
 from torch import nn
 
 from agents.common import HyperparametersBase, OffPolicyAgent, tanh_gaussian, temperature
+from lab import UsageError
 
 
 @dataclasses.dataclass
@@ -47,15 +52,27 @@ class Hyperparameters(HyperparametersBase):
     n_critics: int = 2  # Q functions in the ensemble; targets use their minimum (clipped double Q)
     dropout: float = 0.0  # dropout rate after each hidden layer of the critics (DroQ: 0.01)
     layer_norm: bool = False  # LayerNorm after each hidden layer of the critics, before the ReLU (DroQ)
+    actor_reduction: str = "min"  # what the actor's loss reads of the critics: their 'min' (SAC) or 'mean' (DroQ)
 
     positive = ("buffer_size", "batch_size", "policy_lr", "q_lr", "policy_frequency",
                 "target_network_frequency", "replay_ratio", "hidden_size", "n_critics")
     unit_interval = ("gamma", "tau", "dropout")
 
+    def check(self) -> None:
+        super().check()
+        if self.actor_reduction not in ACTOR_REDUCTIONS:
+            raise UsageError(f"hyperparameter actor_reduction must be one of {', '.join(ACTOR_REDUCTIONS)}, "
+                             f"got '{self.actor_reduction}'")
+
+
+ACTOR_REDUCTIONS = ("min", "mean")
+
 
 PRESETS: dict[str, dict] = {
+    # Hiraoka et al. 2022, Table 3 (and REDQ's code for the actor's mean and its one update per 20).
     "droq": {"dropout": 0.01, "layer_norm": True, "replay_ratio": 20.0, "policy_frequency": 20,
-             "policy_catch_up": False},
+             "policy_catch_up": False, "actor_reduction": "mean", "policy_lr": 3e-4, "q_lr": 3e-4,
+             "learning_starts": 5000},
     # The quick check's: every code path, at a sixteenth of the matrix arithmetic.
     "quick": {"hidden_size": 64},
 }
@@ -133,7 +150,7 @@ class Agent(OffPolicyAgent):
 
         y = r + gamma * (1 - terminated) * (min_i Q_target_i(s', a') - alpha * log pi(a'|s')),  a' ~ pi(.|s')
         L_Q = sum_i mean (Q_i(s, a) - y)^2
-        L_pi = mean (alpha * log pi(a~|s) - min_i Q_i(s, a~)),  a~ ~ pi(.|s)  (reparameterised)
+        L_pi = mean (alpha * log pi(a~|s) - min_i Q_i(s, a~)),  a~ ~ pi(.|s)  (reparameterised; DroQ: mean_i)
         L_alpha = mean (-alpha * (log pi(a~|s) + target_entropy))
         """
         h = self.h
@@ -168,8 +185,9 @@ class Agent(OffPolicyAgent):
         actions, log_pi = tanh_gaussian(mean, log_std, noise, self.action_scale, self.action_bias)
         alpha = self.log_alpha.exp()
         self.critic.requires_grad_(False)  # the actor's loss must not move the critics (nor pay for their grads)
-        min_q = self.critic(obs, actions).min(dim=0).values
-        actor_loss = (alpha.detach() * log_pi - min_q).mean()
+        q = self.critic(obs, actions)
+        q = q.min(dim=0).values if self.h.actor_reduction == "min" else q.mean(dim=0)
+        actor_loss = (alpha.detach() * log_pi - q).mean()
         loss = actor_loss
         if self.h.autotune:
             alpha_loss = (-alpha * (log_pi.detach() + self.target_entropy)).mean()

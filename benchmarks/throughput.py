@@ -90,12 +90,13 @@ def lab_ppo_envs(agent: str, num_envs: int, seed: int) -> float:
                           "num_envs": num_envs}, (0, PPO_VECTORISED_STEPS))
 
 
-def lab_agent(spec: str, seed: int) -> float:
-    """Any lab agent with its defaults; off-policy ones timed over AGENT_STEPS after learning starts."""
+def lab_agent(spec: str, seed: int, settings: dict | None = None) -> float:
+    """Any lab agent with its defaults (and `settings`); off-policy ones timed over AGENT_STEPS after learning
+    starts."""
     if spec == "ppo_baseline":
         return timed_lab_run({"agent": spec, "env": ENV, "seed": seed, "steps": PPO_STEPS}, (0, PPO_STEPS))
     return timed_lab_run({"agent": spec, "env": ENV, "seed": seed, "steps": SAC_WARMUP + AGENT_STEPS,
-                          "eval_every": AGENT_STEPS, "settings": {"learning_starts": SAC_WARMUP}},
+                          "eval_every": AGENT_STEPS, "settings": {"learning_starts": SAC_WARMUP, **(settings or {})}},
                          (SAC_WARMUP, SAC_WARMUP + AGENT_STEPS))
 
 
@@ -147,7 +148,10 @@ CONTENDERS = {
     "sac": {"lab sac_baseline": lab_sac, "SB3 SAC": sb3_sac},
     "ppo": {"lab ppo_baseline": lab_ppo, "SB3 PPO": sb3_ppo},
     "crossq": {"lab crossq": lab_crossq, "SBX CrossQ": sbx_crossq},
-    "agents": {f"lab {spec}": functools.partial(lab_agent, spec) for spec in (*AGENTS, "sac_baseline:droq")},
+    "agents": {**{f"lab {spec}": functools.partial(lab_agent, spec) for spec in (*AGENTS, "sac_baseline:droq")},
+               # What crossq_cem's gradient ascent costs: its search with CEM alone, as before the ascent.
+               "lab crossq_cem, CEM alone": functools.partial(lab_agent, "crossq_cem",
+                                                              settings={"ascent_steps": 0, "init_std": 0.5})},
     "vectorised": {
         "lab ppo_baseline 1 env": functools.partial(lab_ppo_envs, "ppo_baseline", 1),
         f"lab ppo_baseline {PPO_VECTORISED_ENVS} envs": functools.partial(lab_ppo_envs, "ppo_baseline",

@@ -54,7 +54,7 @@ class RunSpec:
     log_every: int = 1_000  # steps between reads of the agent's metrics (each read waits for the device)
     eval_every: int = 0  # steps between evaluations; 0: only the final one
     eval_episodes: int = 10
-    checkpoint_every: int = 0  # steps between checkpoints (taken at the next episode boundary); 0: none
+    checkpoint_every: int = 0  # steps between checkpoints, each cutting the running episodes; 0: none
     resume: bool = False  # continue from run_dir's checkpoint when there is one
     progress: bool = True  # print a line at each evaluation
     video_episodes: int = 0  # episodes of the final policy recorded to video.gif (and TensorBoard); 0: none
@@ -124,19 +124,22 @@ def check_finite(metrics: dict[str, float], step: int, spec: RunSpec) -> None:
 
 
 class EpisodeLog:
-    """Returns and lengths of the episodes that end, gathered on the device and read only when asked."""
+    """Returns and lengths of the episodes that the environments end, gathered on the device and read only when
+    asked. An episode cut by a checkpoint is no episode of the task: it is dropped, not logged."""
 
     def __init__(self, num_envs: int, device):
         self.episode_return = torch.zeros(num_envs, dtype=torch.float64, device=device)
         self.episode_length = torch.zeros(num_envs, dtype=torch.long, device=device)
         self.ended: list[tuple[int, torch.Tensor, torch.Tensor, torch.Tensor]] = []
 
-    def add(self, step: int, reward: torch.Tensor, done: torch.Tensor) -> None:
+    def add(self, step: int, reward: torch.Tensor, ended: torch.Tensor, cut: bool = False) -> None:
+        """ended: the episodes the environments ended (terminated or truncated); cut: every episode restarts."""
         self.episode_return += reward
         self.episode_length += 1
-        self.ended.append((step, done, self.episode_return.clone(), self.episode_length.clone()))
-        self.episode_return = torch.where(done, 0.0, self.episode_return)
-        self.episode_length = torch.where(done, 0, self.episode_length)
+        self.ended.append((step, ended, self.episode_return.clone(), self.episode_length.clone()))
+        restarted = torch.ones_like(ended) if cut else ended
+        self.episode_return = torch.where(restarted, 0.0, self.episode_return)
+        self.episode_length = torch.where(restarted, 0, self.episode_length)
 
     def read(self) -> list[tuple[int, float, int]]:
         """(step, return, length) of every episode that ended since the last read: one host read in all."""
@@ -220,13 +223,14 @@ def train(spec: RunSpec, on_eval: Callable[[int, float], bool] | None = None) ->
                 next_obs, reward = to_device(next_obs), to_device(reward)
                 terminated, truncated = to_device(terminated, torch.bool), to_device(truncated, torch.bool)
             step += spec.num_envs
+            ended = terminated | truncated  # by the environments themselves: the episodes the log counts
             checkpointing = next_checkpoint <= step < spec.steps  # none at the end: the run is complete
             if checkpointing:  # a checkpoint ends every episode as a time limit would: then all restart together
                 truncated = torch.ones_like(truncated)
             agent.observe(next_obs, reward, terminated, truncated)
             metrics = agent.update() or metrics
             done = terminated | truncated
-            episodes.add(step, reward, done)
+            episodes.add(step, reward, ended, cut=checkpointing)
 
             if step % spec.log_every < spec.num_envs or step >= spec.steps:
                 record_episodes()

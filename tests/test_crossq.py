@@ -8,6 +8,7 @@ from torch import nn
 
 from agents import make_agent
 from agents.common import BatchRenorm, plasticity
+from lab import UsageError
 
 EPS = 1e-3
 
@@ -165,6 +166,36 @@ def test_droq_preset_adds_dropout_and_layer_norm_and_updates_the_actor_once_per_
     assert agent.critic_updates == 20 * 3 and len(actor_steps) == 3  # from step 10: 20 critic updates a step, 1 actor
 
 
+def test_droq_preset_is_the_papers_recipe():
+    """Hiraoka et al. 2022: 3e-4 for every learning rate, 5000 random steps, the actor on the critics' mean."""
+    agent = make_agent("sac_baseline:droq", *pendulum_like(), total_steps=100, settings={"hidden_size": 16})
+    h = agent.h
+    assert (h.dropout, h.layer_norm, h.replay_ratio, h.policy_frequency, h.policy_catch_up) == (0.01, True, 20, 20,
+                                                                                                False)
+    assert (h.actor_reduction, h.policy_lr, h.q_lr, h.learning_starts) == ("mean", 3e-4, 3e-4, 5000)
+    assert [group["lr"] for group in agent.actor_optimizer.param_groups] == [3e-4, 3e-4]  # actor, temperature
+    assert make_agent("sac_baseline", *pendulum_like(), total_steps=100).h.actor_reduction == "min"
+
+
+@pytest.mark.parametrize("preset", ["", ":droq"])
+def test_the_actor_loss_reads_the_critics_through_actor_reduction(preset):
+    """The same agent (same seed, same log-probabilities) with the min and with the mean: the actor losses differ
+    by exactly mean(min_i Q_i) - mean(mean_i Q_i)."""
+    q = torch.tensor([[1.0, 5.0, -2.0, 0.0], [3.0, 2.0, -4.0, 1.0]])  # [critics, batch]
+    losses = {}
+    for reduction in ("min", "mean"):
+        agent = make_agent(f"sac_baseline{preset}", *pendulum_like(), total_steps=100,
+                           settings={"hidden_size": 16, "actor_reduction": reduction})
+        agent.critic.forward = lambda obs, actions: q + 0 * actions.sum(-1)  # a fixed Q, still a path to the actor
+        losses[reduction] = float(agent.actor_step(torch.zeros(4, 3))["actor_loss"])
+    assert losses["min"] - losses["mean"] == pytest.approx(float(q.mean(0).mean() - q.min(0).values.mean()))
+
+
+def test_an_unknown_actor_reduction_is_refused_naming_the_choices():
+    with pytest.raises(UsageError, match=r"actor_reduction must be one of min, mean, got 'max'"):
+        make_agent("sac_baseline", *pendulum_like(), settings={"actor_reduction": "max"})
+
+
 def test_dormant_ratio_counts_units_that_never_fire():
     network = nn.Sequential(nn.Linear(2, 4), nn.ReLU(), nn.Linear(4, 1))
     with torch.no_grad():
@@ -177,19 +208,50 @@ def test_dormant_ratio_counts_units_that_never_fire():
     assert float(figures["weight_magnitude"]) == pytest.approx(float(expected_magnitude))
 
 
-def test_cem_finds_the_maximiser_of_a_concave_function_for_a_batch_of_problems():
+@pytest.mark.parametrize("optimum", ["inside", "corner"])
+@pytest.mark.parametrize("action_dim", [1, 3, 6, 17])
+def test_the_default_search_finds_the_maximiser_in_every_dimension(optimum, action_dim):
+    """The defaults, started from 0 as targets and evaluation start, on 256 problems: on a concave score
+    maximised at 0.8 in every coordinate, and on one maximised at a random corner of the box, the largest
+    coordinate error averages at most 0.1. (QT-Opt's CEM alone missed by 0.02, 0.33, 0.61, 0.96.)"""
     from agents.crossq_cem import Hyperparameters, cem_maximise
-    targets = torch.rand(16, 3, generator=torch.Generator().manual_seed(0)) * 1.6 - 0.8  # one optimum per problem
+    generator = torch.Generator().manual_seed(action_dim)
+    if optimum == "inside":
+        best = goal = torch.full((256, action_dim), 0.8)
+    else:  # a bowl centred outside the box, beyond a corner: the box's maximiser is that corner
+        best = torch.randint(0, 2, (256, action_dim), generator=generator).float() * 2 - 1
+        goal = 2 * best
+    scale = torch.linspace(0.5, 2.0, action_dim)  # unequal curvatures, and a Q-like magnitude
+
+    def score(candidates):  # [B, P, A] -> [B, P]
+        return 400 - 300 * ((candidates - goal.unsqueeze(1)).square() * scale).sum(-1)
+
+    found = cem_maximise(score, torch.zeros(256, action_dim), Hyperparameters(), generator)
+    assert float((found - best).abs().max(dim=-1).values.mean()) <= 0.1
+
+
+def test_cem_scores_every_problems_whole_population_at_once():
+    from agents.crossq_cem import Hyperparameters, cem_maximise
     calls = []
 
-    def score(candidates):  # [B, P, A] -> [B, P]: a concave bowl around each problem's target
+    def score(candidates):
         calls.append(candidates.shape)
-        return -((candidates - targets.unsqueeze(1)).square() * torch.tensor([1.0, 4.0, 0.25])).sum(-1)
+        return -candidates.square().sum(-1)
 
-    h = Hyperparameters(population=64, elites=6, iterations=6, init_std=0.5, min_std=0.001)
-    found = cem_maximise(score, torch.zeros(16, 3), h, torch.Generator().manual_seed(1))
-    assert (found - targets).abs().max() < 0.03
-    assert calls == [(16, 64, 3)] * 6  # each iteration scores every problem's whole population at once
+    cem_maximise(score, torch.zeros(16, 3), Hyperparameters(population=64, elites=6, iterations=6), torch.Generator())
+    # 6 CEM iterations on [16, 64, 3], 15 ascent steps on one action per problem, and the final comparison.
+    assert calls == [(16, 64, 3)] * 6 + [(16, 1, 3)] * (15 + 2)
+
+
+def test_the_ascent_keeps_cems_answer_where_it_scores_higher():
+    from agents.crossq_cem import Hyperparameters, cem_maximise
+    def score(candidates):  # a plateau around 0.5 that CEM finds, and a gradient (of a term worth 0) off it
+        on_plateau = (candidates - 0.5).abs().sum(-1) < 0.1
+        return torch.where(on_plateau, 10.0, 0.0) + (candidates - candidates.detach()).sum(-1)
+
+    h = Hyperparameters(population=64, elites=4, iterations=4, init_std=0.3, min_std=0.01)
+    found = cem_maximise(score, torch.full((32, 1), 0.5), h, torch.Generator().manual_seed(0))
+    assert float(score(found.unsqueeze(1)).min()) > 9.5
 
 
 def test_cem_stays_in_bounds_when_the_optimum_lies_outside():
@@ -264,7 +326,6 @@ def test_bro_resets_networks_and_optimisers_but_keeps_the_replay_buffer():
 
 
 def test_cem_rejects_more_elites_than_candidates():
-    from lab import UsageError
     with pytest.raises(UsageError, match="elites"):
         make_agent("crossq_cem", *pendulum_like(), settings={"population": 8, "elites": 9})
 
@@ -272,7 +333,6 @@ def test_cem_rejects_more_elites_than_candidates():
 @pytest.mark.parametrize("agent_name", ["crossq", "sac_crossq_bro", "crossq_cem"])
 @pytest.mark.parametrize("setting", [{"batch_size": 1}, {"bn_r_max": 0.5}, {"adam_beta1": 1.0}])
 def test_the_batch_renorm_recipe_rejects_values_that_would_fail_later(agent_name, setting):
-    from lab import UsageError
     name = next(iter(setting))
     with pytest.raises(UsageError, match=name):
         make_agent(agent_name, *pendulum_like(), settings=setting)

@@ -150,8 +150,28 @@ def test_a_nan_in_a_loss_stops_the_run_with_a_clear_error(monkeypatch):
 
 
 def test_a_checkpoint_cuts_episodes_but_never_at_the_end_of_a_run(tmp_path):
-    """Count-v0's episodes last 5 steps. The checkpoint at step 21 cuts one after a single step; the last step,
-    42, is a multiple of checkpoint_every but takes no checkpoint, so its unfinished episode is not counted."""
+    """Count-v0's episodes last 5 steps and return 5. The checkpoint at step 21 cuts one after a single step,
+    which is not logged; the last step, 42, is a multiple of checkpoint_every but takes no checkpoint, and its
+    unfinished episode is not counted either: 8 whole episodes remain."""
     record = train(quiet(agent="sac_baseline", env=COUNT, seed=0, steps=42, eval_episodes=1, checkpoint_every=21,
                          run_dir=str(tmp_path), settings={"learning_starts": 1000}))
-    assert record["train_return"] == pytest.approx((8 * 5 + 1) / 9)  # the last 10 episodes: all 9 there were
+    assert record["train_return"] == 5.0
+
+
+def test_episodes_cut_by_checkpoints_are_not_logged(tmp_path):
+    """Pendulum's episodes last 200 steps; checkpoints every 1100 cut the sixth of each 1100 after 100 steps.
+    TensorBoard and train_return see exactly the episodes the environment ended itself."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    record = train(RunSpec(agent="sac_baseline", env="Pendulum-v1", seed=0, steps=3000, eval_episodes=1,
+                           checkpoint_every=1100, run_dir=str(tmp_path), progress=False,
+                           settings={"learning_starts": 10_000}))
+    events = EventAccumulator(str(tmp_path), size_guidance={"scalars": 0})
+    events.Reload()
+    lengths = events.Scalars("charts/episodic_length")
+    # Episodes restart at 0, 1100 and 2200; each ends 200 steps later, until the next cut or the run's end.
+    expected = [start + 200 * k for start, stop in ((0, 1100), (1100, 2200), (2200, 3000))
+                for k in range(1, 6) if start + 200 * k <= stop]
+    assert [event.step for event in lengths] == expected
+    assert {event.value for event in lengths} == {200}
+    returns = [event.value for event in events.Scalars("charts/episodic_return")]
+    assert record["train_return"] == pytest.approx(sum(returns[-10:]) / 10)
