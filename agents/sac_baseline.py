@@ -6,10 +6,11 @@ Algorithms and Applications" (automatic entropy tuning, https://arxiv.org/abs/18
 Reference code: https://github.com/vwxyzjn/cleanrl/blob/master/cleanrl/sac_continuous_action.py
 
 DroQ is SAC with dropout and LayerNorm in the Q functions (Linear -> Dropout -> LayerNorm -> ReLU), which lets
-a high replay ratio (20 critic updates per transition) learn fast without the ensemble REDQ needs. From REDQ,
-whose code DroQ's builds on (https://github.com/TakuyaHiraoka/Dropout-Q-Functions-for-Doubly-Efficient-
-Reinforcement-Learning), it takes the actor's update: once per 20 critic updates, on the MEAN of the Q
-functions (the targets keep their minimum). `sac_baseline:droq` sets exactly the paper's hyperparameters:
+a high replay ratio (20 critic updates per transition) learn fast without the ensemble REDQ (Chen et al. 2021,
+https://arxiv.org/abs/2101.05982) needs. From REDQ, whose code DroQ's builds on,
+https://github.com/TakuyaHiraoka/Dropout-Q-Functions-for-Doubly-Efficient-Reinforcement-Learning
+it takes the actor's update: once per 20 critic updates, on the MEAN of the Q functions (the targets keep
+their minimum). `sac_baseline:droq` sets exactly the paper's hyperparameters:
 dropout 0.01, LayerNorm, replay ratio 20, one actor update per 20, the mean for the actor, 3e-4 for every
 learning rate (actor, critics, temperature) and 5000 uniform-random steps before learning.
 

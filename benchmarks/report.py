@@ -21,7 +21,11 @@ def machine() -> str:
     return f"{model}, {len(os.sched_getaffinity(0))} cores, {gpu}, torch {torch.__version__}"
 
 
-def write_markdown(path: Path, title: str, table: str) -> None:
+def dated(title: str, table: str) -> str:
     """The table under a header with the date, the machine and the command that made it."""
     command = " ".join(["python", *sys.argv])
-    path.write_text(f"## {title}\n\n{datetime.date.today().isoformat()}, {machine()}\n\n`{command}`\n\n{table}\n")
+    return f"## {title}\n\n{datetime.date.today().isoformat()}, {machine()}\n\n`{command}`\n\n{table}\n"
+
+
+def write_markdown(path: Path, title: str, table: str) -> None:
+    path.write_text(dated(title, table))

@@ -1,5 +1,6 @@
 """benchmarks/validation.py end to end, at a smoke-test budget: jobs, records, the table, --resume, bad input."""
 
+import datetime
 import json
 
 from tests.test_learn_simple import run_script
@@ -20,7 +21,9 @@ def test_validation_runs_every_job_tabulates_and_resumes(tmp_path):
     assert again.returncode == 0, again.stderr
     jobs = 2 if "stable_baselines3 is not installed" in result.stdout else 4  # the peer where it is installed
     assert f"{jobs} jobs, {jobs} finished already" in again.stdout
-    assert again.stdout.split("## ")[1] == result.stdout.split("## ")[1]  # the same table
+    table = result.stdout[result.stdout.index("| group |"):]
+    assert again.stdout[again.stdout.index("| group |"):] == table  # the same table, from the stored records
+    assert f"{datetime.date.today().isoformat()}, " in result.stdout and "--name v" in result.stdout  # when, how
 
 
 def test_an_existing_name_without_resume_is_one_line_and_exit_2(tmp_path):
