@@ -41,6 +41,7 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.report import dated  # noqa: E402  (after the path is set)
 from lab import UsageError  # noqa: E402
 from lab.cli import RUNS, ArgumentParser, exit_on_usage_error, positive_int  # noqa: E402
+from lab.results import iqm  # noqa: E402
 from lab.stats import stratified_bootstrap_ci  # noqa: E402
 
 LUNAR, CHEETAH = "LunarLanderContinuous-v3", "HalfCheetah-v5"
@@ -182,7 +183,7 @@ def table(jobs: list[dict]) -> str:
         cells.setdefault(key, [0, []])[0] += 1
         if path.exists():
             cells[key][1].append(json.loads(path.read_text())["final_return"])
-    iqms = {(group, env, contender): stratified_bootstrap_ci(finals)[0]
+    iqms = {(group, env, contender): iqm(finals)
             for (group, env, _, contender, _), (_, finals) in cells.items() if finals}
     for (group, env, steps, contender, settings), (planned, finals) in cells.items():
         peer = iqms.get((group, env, PEER[group]))
