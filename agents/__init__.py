@@ -13,6 +13,8 @@ Each agent is one module in this package that defines
     metrics = agent.update()                  # learns if it is time to; a dict of 0-d tensors, or None
     agent.diagnostics()                       # costlier health figures (dormant neurons...), for logging steps
     state = agent.state_dict(); agent.load_state_dict(state)  # everything needed to resume exactly
+    policy = agent.policy_state_dict(); agent.load_policy_state_dict(policy)  # the networks only (and what
+                                              # acting needs besides, e.g. PPO's observation statistics)
 
 `next_obs` given to `observe` is the true observation that followed the action, also when the episode
 ended (then the runner resets the environment and passes the reset observation to the next `act`).
@@ -29,6 +31,7 @@ import typing
 from lab import UsageError
 
 AGENTS = ("sac_baseline", "ppo_baseline", "crossq", "sac_crossq_bro", "crossq_cem")
+ALIASES = {"sac_crossq": "crossq"}  # the seed's names the runners accept
 
 
 def closest(name: str, choices) -> str:

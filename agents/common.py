@@ -4,6 +4,7 @@ and `OffPolicyAgent`, the base of every replay-based agent."""
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 from typing import ClassVar
@@ -293,6 +294,20 @@ class OffPolicyAgent:
     def diagnostics(self) -> dict[str, torch.Tensor]:
         obs, actions = self.buffer.recent(self.h.batch_size)
         return plasticity(self.critic.qfs[0], torch.cat([obs, actions], dim=-1))
+
+    def policy_state_dict(self) -> dict:
+        """The networks (and tensors such as log_alpha) of `self.checkpointed`, copied: what acting and
+        fine-tuning need, without the replay buffer, the optimisers and the random streams."""
+        return {name: item.detach().clone() if isinstance(item, torch.Tensor) else copy.deepcopy(item.state_dict())
+                for name, item in self.checkpointed.items() if isinstance(item, (torch.Tensor, nn.Module))}
+
+    def load_policy_state_dict(self, state: dict) -> None:
+        for name, item in self.checkpointed.items():
+            if isinstance(item, torch.Tensor):
+                with torch.no_grad():
+                    item.copy_(state[name])
+            elif isinstance(item, nn.Module):
+                item.load_state_dict(state[name])
 
     # Attributes saved as they are: the seed (later draws derive from it), counters, other per-run state.
     SAVED_ATTRIBUTES = ("seed", "transitions", "update_credit", "critic_updates", "actor_metrics")

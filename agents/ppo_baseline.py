@@ -329,6 +329,16 @@ class Agent:
         """Plasticity of the value network, on the observations of the latest rollout."""
         return plasticity(self.network.critic, self.rollout["obs"].flatten(0, 1))
 
+    def policy_state_dict(self) -> dict:
+        """What acting and fine-tuning need: the networks and the normalisers' statistics (copied)."""
+        return copy.deepcopy({"network": self.network.state_dict(), "obs_rms": self.obs_rms.state_dict(),
+                              "return_rms": self.return_rms.state_dict()})
+
+    def load_policy_state_dict(self, state: dict) -> None:
+        self.network.load_state_dict(state["network"])
+        self.obs_rms.load_state_dict(state["obs_rms"])
+        self.return_rms.load_state_dict(state["return_rms"])
+
     def state_dict(self) -> dict:
         """A snapshot (copied, so the agent may go on) of everything a resumed run needs to continue exactly."""
         return copy.deepcopy({

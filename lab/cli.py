@@ -10,10 +10,12 @@ from pathlib import Path
 
 import torch
 
-from agents import AGENTS, agent_module, describe_hyperparameters, make_agent, resolve_hyperparameters
+from agents import (AGENTS, ALIASES, agent_module, describe_hyperparameters, make_agent, resolve_hyperparameters,
+                    split_preset)
 from envs import SUITES, make_env, resolve_envs
 from lab import UsageError
-from lab.rollout import COMPILE_MODES, RunSpec, run_dir_name
+from lab.policy import check_env, load_networks, read_policy
+from lab.rollout import CHECKPOINT, COMPILE_MODES, RunSpec, check_checkpoint, run_dir_name
 
 RUNS = Path("runs")
 BASELINES = RUNS / "baseline"  # runs kept as references: plot.py overlays them on the pictures of others
@@ -67,6 +69,7 @@ def add_run_arguments(parser: argparse.ArgumentParser, device: str = "cpu") -> N
     parser.add_argument("--steps", type=positive_int, default=None,
                         help="environment steps per run (default: each environment's budget)")
     parser.add_argument("--device", default=device, help=f"cpu, cuda, cuda:N or auto (default {device})")
+    parser.add_argument("--cuda", dest="device", action="store_const", const="cuda", help="as --device cuda")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a hyperparameter (repeatable); checked against every agent's dataclass")
     parser.add_argument("--name", default=None, help="run name: logs go to runs/NAME (default: a timestamp)")
@@ -86,6 +89,9 @@ def add_run_arguments(parser: argparse.ArgumentParser, device: str = "cpu") -> N
     parser.add_argument("--compile", choices=list(COMPILE_MODES), default="off",
                         help="torch.compile the agent's networks (on), and on CUDA also capture them as CUDA graphs "
                              "(cudagraphs); default off: on a CPU compiling is slower (see the README)")
+    parser.add_argument("--init-from", default=None, metavar="POLICY",
+                        help="start every run from the networks of this policy file (a run's policy.pt or best.pt; "
+                             "same agent, same spaces): fine-tuning, transfer, curricula")
     parser.add_argument("--video", type=non_negative_int, default=0, metavar="EPISODES",
                         help="record this many episodes of each run's final policy to its video.gif and "
                              "TensorBoard (default 0: none)")
@@ -179,14 +185,34 @@ def new_run_root(name: str | None, runs_root: Path = RUNS) -> Path:
     return run_root
 
 
-def check_agents_drive(env_ids, settings: dict) -> None:
+def canonical_agents(specs: list[str]) -> list[str]:
+    """The agent specs with the seed's names (ALIASES) replaced by the lab's, saying so once for each."""
+    canonical = []
+    for spec in specs:
+        name, preset = split_preset(spec)
+        if name in ALIASES:
+            print(f"note: {name} is the seed's name for {ALIASES[name]}; running {ALIASES[name]}", flush=True)
+            spec = ALIASES[name] + (f":{preset}" if preset else "")
+        canonical.append(spec)
+    return canonical
+
+
+def check_agents_drive(env_ids, settings: dict, init_from: str | None = None) -> None:
     """Build each agent (`settings`: agent name -> hyperparameters) for each environment, so that an agent that
-    cannot drive one fails here, not in a worker."""
+    cannot drive one fails here, not in a worker; with `init_from`, also load that policy file's networks."""
+    policy = read_policy(init_from) if init_from else None
     for env_id in env_ids:
         env = make_env(env_id)
+        if policy is not None:
+            check_env(policy, env_id, init_from)
         for agent, hyperparameters in settings.items():
-            make_agent(agent, env.observation_space, env.action_space, device="cpu", total_steps=1,
-                       settings=hyperparameters)
+            built = make_agent(agent, env.observation_space, env.action_space, device="cpu", total_steps=1,
+                               settings=hyperparameters)
+            if policy is not None:
+                saved = split_preset(policy["agent"])[0]
+                if saved != split_preset(agent)[0]:
+                    raise UsageError(f"--init-from {init_from} holds a {saved} policy; it cannot start {agent}")
+                load_networks(built, policy, init_from)
         env.close()
 
 
@@ -213,8 +239,9 @@ def plan_runs(args, parser, runs_root: Path = RUNS) -> tuple[Path, list[RunSpec]
     device = resolve_device(args.device, here=getattr(args, "backend", "local") == "local")
     check_compile(args.compile, device)
     budgets = resolve_envs(args.envs)
-    settings = {agent: resolve_hyperparameters(agent, args.set) for agent in dict.fromkeys(args.agent)}
-    check_agents_drive(budgets, settings)
+    agents = dict.fromkeys(canonical_agents(args.agent))
+    settings = {agent: resolve_hyperparameters(agent, args.set) for agent in agents}
+    check_agents_drive(budgets, settings, args.init_from)
     run_root = new_run_root(args.name, runs_root / BASELINES.name if args.baseline else runs_root)
     config = {"agents": list(settings), "envs": {env_id: args.steps or steps for env_id, steps in budgets.items()},
               "seeds": args.seeds, "device": device, "settings": settings,
@@ -222,7 +249,7 @@ def plan_runs(args, parser, runs_root: Path = RUNS) -> tuple[Path, list[RunSpec]
               "eval_every": args.eval_every, "eval_episodes": args.eval_episodes,
               "checkpoint_every": args.checkpoint_every, "num_envs": getattr(args, "num_envs", 1),
               "vectorisation": getattr(args, "vectorisation", "sync"), "compile": args.compile, "video": args.video,
-              "command": sys.argv}
+              "init_from": str(Path(args.init_from).resolve()) if args.init_from else None, "command": sys.argv}
     return run_root, specs_from_config(run_root, config, resume=False), config
 
 
@@ -239,14 +266,14 @@ def specs_from_config(run_root: Path, config: dict, resume: bool) -> list[RunSpe
                     eval_episodes=config["eval_episodes"],
                     checkpoint_every=config["checkpoint_every"], num_envs=config.get("num_envs", 1),
                     vectorisation=config.get("vectorisation", "sync"), compile=config.get("compile", "off"),
-                    video_episodes=config.get("video", 0), resume=resume))
+                    video_episodes=config.get("video", 0), init_from=config.get("init_from"), resume=resume))
     return specs
 
 
 # Options that define the runs: a resumed run keeps those it was started with.
 RUN_OPTIONS = ("agent", "envs", "seeds", "steps", "device", "set", "name", "log", "log_every", "eval_every",
                "eval_episodes", "checkpoint_every", "num_envs", "vectorisation", "compile", "video",
-               "baseline")
+               "baseline", "init_from")
 
 
 def resume_plan(args, parser, runs_root: Path) -> tuple[Path, list[RunSpec], dict]:
@@ -260,6 +287,10 @@ def resume_plan(args, parser, runs_root: Path) -> tuple[Path, list[RunSpec], dic
         for agent, settings in config["settings"].items():
             resolve_hyperparameters(agent, settings)
         specs = specs_from_config(run_root, config, resume=True)
+        for spec in specs:
+            checkpoint = Path(spec.run_dir) / CHECKPOINT
+            if checkpoint.exists():
+                check_checkpoint(checkpoint)
     except (ValueError, KeyError, TypeError) as error:
         if isinstance(error, UsageError):
             raise UsageError(f"cannot resume '{args.resume}': {error}") from None

@@ -17,8 +17,10 @@ import functools
 import json
 import math
 import os
+import pickle
 import sys
 import time
+import zipfile
 from pathlib import Path
 from typing import Callable
 
@@ -29,6 +31,8 @@ import torch
 from agents import make_agent, split_preset
 from envs import is_torch_env, make_env
 from envs.torch_envs import TorchVectorEnv
+from lab import UsageError
+from lab.policy import BEST, POLICY, load_networks, read_policy, save_policy
 
 # --compile: torch.compile's mode for each choice ('reduce-overhead' is inductor plus CUDA graphs).
 COMPILE_MODES = {"off": None, "on": "default", "cudagraphs": "reduce-overhead"}
@@ -58,6 +62,7 @@ class RunSpec:
     resume: bool = False  # continue from run_dir's checkpoint when there is one
     progress: bool = True  # print a line at each evaluation
     video_episodes: int = 0  # episodes of the final policy recorded to video.gif (and TensorBoard); 0: none
+    init_from: str | None = None  # a policy file whose networks the agent starts from (not when resuming)
 
     @property
     def label(self) -> str:
@@ -94,6 +99,11 @@ def load_env_rng_state(envs, state: list) -> None:
 def evaluate(agent, env: gym.Env, episodes: int, seed: int, device, frames: list | None = None) -> float:
     """Mean return of `episodes` episodes of the deterministic policy, on an environment used for nothing else;
     given `frames`, every rendered frame is appended to it."""
+    return float(np.mean(episode_returns(agent, env, episodes, seed, device, frames)))
+
+
+def episode_returns(agent, env: gym.Env, episodes: int, seed: int, device, frames: list | None = None) -> list[float]:
+    """The return of each of `episodes` episodes of the deterministic policy, episode i reset with seed + i."""
     returns = []
     for episode in range(episodes):
         obs, _ = env.reset(seed=seed + episode)
@@ -108,7 +118,7 @@ def evaluate(agent, env: gym.Env, episodes: int, seed: int, device, frames: list
             total += float(reward)
             done = terminated or truncated
         returns.append(total)
-    return float(np.mean(returns))
+    return returns
 
 
 def hyperparameter_table(spec: RunSpec, hyperparameters: dict) -> str:
@@ -168,7 +178,7 @@ def train(spec: RunSpec, on_eval: Callable[[int, float], bool] | None = None) ->
     compile_mode = COMPILE_MODES[spec.compile]
     if compile_mode is not None:
         agent.compile(compile_mode)
-    state = {"step": 0, "episodes": [], "evaluations": [], "wall_s": 0.0}
+    state = {"step": 0, "episodes": [], "evaluations": [], "wall_s": 0.0, "best_return": -math.inf}
     eval_seed = EVAL_SEED_OFFSET + spec.seed * spec.eval_episodes
     checkpoint_path = run_dir / CHECKPOINT if run_dir else None
     resumed = spec.resume and checkpoint_path is not None and checkpoint_path.exists()
@@ -176,13 +186,31 @@ def train(spec: RunSpec, on_eval: Callable[[int, float], bool] | None = None) ->
         for stale in run_dir.glob("events.out.tfevents.*"):  # from an attempt that never reached a checkpoint
             stale.unlink()
     if resumed:
-        checkpoint = torch.load(checkpoint_path, map_location=device, weights_only=False)
+        checkpoint = read_checkpoint(checkpoint_path, device)
         agent.load_state_dict(checkpoint["agent"])
         state = checkpoint["state"]
+        # A checkpoint written before best.pt existed: its best is its best evaluation.
+        state.setdefault("best_return", max((value for _, value in state["evaluations"]), default=-math.inf))
         load_env_rng_state(envs, checkpoint["env_rng"])
         obs, _ = envs.reset()  # the reset the checkpoint was taken just before
     else:
         obs, _ = envs.reset(seed=spec.seed * spec.num_envs)  # sub-env i gets seed + i: no two runs share one
+        if spec.init_from:
+            load_networks(agent, read_policy(spec.init_from), spec.init_from)
+
+    def keep_policy(name: str, step: int, eval_return: float) -> None:
+        if run_dir is not None:
+            save_policy(run_dir / name, agent, spec.agent, spec.env, envs.single_observation_space,
+                        envs.single_action_space, spec.seed, step, eval_return)
+
+    def evaluation(step: int) -> float:
+        """Evaluate, record, keep the policy when it is the best so far."""
+        mean_return = evaluate(agent, eval_env, spec.eval_episodes, eval_seed, device)
+        state["evaluations"].append((step, mean_return))
+        if mean_return > state["best_return"]:
+            state["best_return"] = mean_return
+            keep_policy(BEST, step, mean_return)
+        return mean_return
 
     writer = None
     if spec.log and run_dir is not None:
@@ -212,6 +240,10 @@ def train(spec: RunSpec, on_eval: Callable[[int, float], bool] | None = None) ->
     started, step_at_start = time.perf_counter(), step
     obs_t = to_device(obs)
     metrics = None  # the latest update's, until they are logged
+    if spec.init_from and not resumed:  # where the saved networks start: the first point of the curve
+        start_return = evaluation(0)
+        if writer:
+            writer.add_scalar("eval/return", start_return, 0)
     try:
         while step < spec.steps:
             action = agent.act(obs_t)
@@ -247,8 +279,7 @@ def train(spec: RunSpec, on_eval: Callable[[int, float], bool] | None = None) ->
             if step >= next_eval or step >= spec.steps:
                 next_eval += eval_every
                 record_episodes()
-                mean_return = evaluate(agent, eval_env, spec.eval_episodes, eval_seed, device)
-                state["evaluations"].append((step, mean_return))
+                mean_return = evaluation(step)
                 if writer:
                     writer.add_scalar("eval/return", mean_return, step)
                 if spec.progress:
@@ -302,7 +333,7 @@ def train(spec: RunSpec, on_eval: Callable[[int, float], bool] | None = None) ->
         record["stopped_at"] = stopped_at
     if spec.video_episodes and run_dir is not None:
         try:
-            record_video(agent, spec, device, run_dir / VIDEO, writer, step, eval_seed)
+            record_video(agent, spec.env, spec.video_episodes, eval_seed, device, run_dir / VIDEO, writer, step)
         except Exception as error:  # a machine that cannot render must not cost the run its results
             print(f"[{spec.label}] no video: {type(error).__name__}: {error}", file=sys.stderr, flush=True)
     if writer:
@@ -311,21 +342,22 @@ def train(spec: RunSpec, on_eval: Callable[[int, float], bool] | None = None) ->
                            {"final_return": record["final_return"]}, run_name=".", global_step=step)
         writer.close()
     if run_dir is not None:
+        keep_policy(POLICY, step, record["final_return"])
         write_json(run_dir / RESULT, record)
         if stopped_at is None and checkpoint_path.exists():  # a finished run needs none, and it can be large
             checkpoint_path.unlink()
     return record
 
 
-def record_video(agent, spec: RunSpec, device, path: Path, writer, step: int, seed: int) -> None:
-    """`spec.video_episodes` episodes of the deterministic policy, from the evaluation seed `seed` on, as an
-    animated GIF at `path` and, when logging, as TensorBoard's `eval/video`. Frames are halved in size and every
-    other one kept (25 per second): a Pendulum episode is then about 100 small frames."""
+def record_video(agent, env_id: str, episodes: int, seed: int, device, path: Path, writer=None, step: int = 0) -> None:
+    """`episodes` episodes of the deterministic policy on `env_id`, from the seed `seed` on, as an animated GIF at
+    `path` and, given a `writer`, as TensorBoard's `eval/video`. Frames are halved in size and every other one
+    kept (25 per second): a Pendulum episode is then about 100 small frames."""
     from PIL import Image
-    env = make_env(spec.env, render_mode="rgb_array")
+    env = make_env(env_id, render_mode="rgb_array")
     frames = []
     try:
-        evaluate(agent, env, spec.video_episodes, seed, device, frames)
+        evaluate(agent, env, episodes, seed, device, frames)
     finally:
         env.close()
     images = [Image.fromarray(frame).reduce(2) for frame in frames[::2]]
@@ -337,6 +369,30 @@ def record_video(agent, spec: RunSpec, device, path: Path, writer, step: int, se
         image = Summary.Image(height=images[0].height, width=images[0].width, colorspace=3,
                               encoded_image_string=path.read_bytes())
         writer._get_file_writer().add_summary(Summary(value=[Summary.Value(tag="eval/video", image=image)]), step)
+
+
+def read_checkpoint(path: Path, device) -> dict:
+    """A run's checkpoint; one that cannot be read (cut short by a full disk or a killed copy) is a UsageError
+    that says what to do."""
+    try:
+        return torch.load(path, map_location=device, weights_only=False)
+    except (RuntimeError, OSError, pickle.UnpicklingError, zipfile.BadZipFile, EOFError) as error:
+        raise UsageError(unreadable_checkpoint(path, error)) from None
+
+
+def check_checkpoint(path: Path) -> None:
+    """Cheaply (the zip's directory only, not the data) that a checkpoint is whole enough to be read."""
+    try:
+        with zipfile.ZipFile(path):
+            pass
+    except (zipfile.BadZipFile, OSError) as error:
+        raise UsageError(unreadable_checkpoint(path, error)) from None
+
+
+def unreadable_checkpoint(path: Path, error: BaseException) -> str:
+    reason = (str(error).splitlines() or [type(error).__name__])[0][:100]
+    return (f"the run's checkpoint {path} is unreadable ({reason}): it was cut short (a full disk, a killed "
+            f"copy?); delete it to train that seed again from the start, then --resume again")
 
 
 def save_checkpoint(path: Path, agent, state: dict, envs) -> None:
