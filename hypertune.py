@@ -2,7 +2,11 @@
 
     python hypertune.py --agent sac_baseline --envs Pendulum-v1 --steps 8000 --trials 16 --workers 2 \\
         --param q_lr=1e-4:3e-3:log --param tau=0.002:0.05:log --param batch_size=64:512:int
+    python hypertune.py --agent crossq --envs Pendulum-v1 --steps 8000   # the agent's default search space
+    python hypertune.py                      # the quick sweep: QUICK_SWEEP, a few minutes on two cores
     python hypertune.py --resume NAME        # after Ctrl-C or a crash: what was registered is kept
+
+Without --param, the agent's SEARCH_SPACE (declared in its file beside PRESETS, with its sources) is searched.
 
 The optimiser is bayesian-optimization's (3.x): a Gaussian process over the search box, its upper
 confidence bound maximised for each suggestion, wrapped in the constant liar so that trials running at once
@@ -32,11 +36,11 @@ import time
 from multiprocessing.connection import wait
 from pathlib import Path
 
-from agents import resolve_hyperparameters
+from agents import agent_module, resolve_hyperparameters, split_preset
 from envs import resolve_envs
 from lab import UsageError
-from lab.cli import (RUNS, ArgumentParser, add_backend_arguments, check_agents_drive, check_backend,
-                     exit_on_usage_error, new_run_root, non_negative_float, non_negative_int, positive_int,
+from lab.cli import (RUNS, ArgumentParser, add_backend_arguments, canonical_agents, check_agents_drive,
+                     check_backend, exit_on_usage_error, new_run_root, non_negative_float, non_negative_int, positive_int,
                      refuse_changed, resolve_device, resume_root)
 from lab.rollout import train, write_json
 from lab.runner import INTERRUPTED, enter_worker, install_stop_handlers, stop_workers, worker_slots
@@ -46,6 +50,9 @@ from lab.tuning import (MedianPruner, Param, SearchSpace, check_metric_envs, par
 CONFIG, TRIALS, OPTIMIZER = "config.json", "trials.json", "optimizer.json"
 FINISHED = ("complete", "pruned")  # registered with the optimiser
 RESUMABLE_OPTIONS = ("workers", "backend", "address", "cpus_per_run", "gpus_per_run")  # what --resume may change
+# `python hypertune.py` with no options: a sweep that shows the machinery end to end in a few minutes on two
+# cores (as learn_simple.py with none runs the quick check), on the agent's default search space.
+QUICK_SWEEP = ["--agent", "sac_baseline", "--envs", "Pendulum-v1", "--steps", "5000", "--trials", "8"]
 
 
 def trial_worker(conn, run_root: Path, config: dict, trial: dict, threads: int, cpus, train_fn) -> None:
@@ -294,11 +301,22 @@ def describe(settings: dict) -> str:
     return ", ".join(f"{key}={value:.4g}" for key, value in settings.items())
 
 
+def default_space(agent: str, fixed: set[str]) -> list[str]:
+    """The agent's SEARCH_SPACE as --param texts, without the names --set fixes; printed, so that the sweep says
+    what it searches."""
+    space = agent_module(split_preset(agent)[0]).SEARCH_SPACE
+    texts = [f"{name}={bounds}" for name, bounds in space.items() if name not in fixed]
+    print(f"no --param: searching {agent}'s default space: " + "  ".join(texts), flush=True)
+    return texts
+
+
 def plan(args) -> tuple[Path, dict]:
     """Check every option before anything runs; returns the sweep's directory and its config."""
     device = resolve_device(args.device, here=args.backend == "local")
+    (args.agent,) = canonical_agents([args.agent])
     fixed = resolve_hyperparameters(args.agent, args.set)  # the preset's values, then --set's
-    params = [parse_param(text, args.agent, fixed) for text in args.param]
+    param_texts = args.param or default_space(args.agent, {text.partition("=")[0].strip() for text in args.set})
+    params = [parse_param(text, args.agent, fixed) for text in param_texts]
     space = SearchSpace(params)
     clash = sorted({text.partition("=")[0].strip() for text in args.set} & set(space.params))
     if clash:
@@ -334,7 +352,8 @@ def main() -> int:
                         help="trials at once (default: the number of cores; with Ray, as many as the cluster's "
                              "CPUs hold)")
     parser.add_argument("--param", action="append", default=[], metavar="NAME=LOW:HIGH[:log|:int]",
-                        help="a hyperparameter to search and its range (repeatable)")
+                        help="a hyperparameter to search and its range (repeatable); default: the agent's "
+                             "SEARCH_SPACE")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="a hyperparameter fixed for every trial (repeatable)")
     parser.add_argument("--random-trials", type=non_negative_int, default=None,
@@ -359,7 +378,9 @@ def main() -> int:
     parser.add_argument("--name", default=None, help="the sweep's directory runs/NAME (default: a timestamp)")
     parser.add_argument("--resume", default=None, metavar="NAME", help="continue runs/NAME (or a directory)")
     add_backend_arguments(parser, "trial", retries=False)
-    args = parser.parse_args()
+    if len(sys.argv) == 1:
+        print(f"no options: the quick sweep, as  python hypertune.py {' '.join(QUICK_SWEEP)}", flush=True)
+    args = parser.parse_args(sys.argv[1:] or QUICK_SWEEP)
     check_backend(args)
     if args.backend == "ray":
         from lab.ray_backend import connect

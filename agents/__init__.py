@@ -3,6 +3,7 @@
 Each agent is one module in this package that defines
 - `Hyperparameters`: a dataclass, one commented field per hyperparameter, with the agent's defaults;
 - `PRESETS`: named sets of hyperparameter overrides (may be empty);
+- `SEARCH_SPACE`: hypertune.py's default search, {name: "LOW:HIGH[:log|:int]"}, its sources in a comment;
 - `Agent`, with this interface (tensors in, tensors out; an agent never touches an environment):
 
     agent = Agent(observation_space, action_space, num_envs=1, device="cpu", seed=0,

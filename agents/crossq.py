@@ -75,6 +75,12 @@ PRESETS: dict[str, dict] = {
     "quick": {"critic_hidden": 128, "actor_hidden": 64, "batch_size": 128},
 }
 
+# hypertune.py's search when no --param is given, in --param's syntax: the learning rates around CrossQ's 1e-3,
+# the discount, and the actor's delay around the paper's 3. As for SAC, Eimer et al. 2023
+# (https://arxiv.org/abs/2306.01324) find that most hyperparameters matter and that they interact benignly.
+SEARCH_SPACE = {"q_lr": "1e-4:3e-3:log", "policy_lr": "1e-4:3e-3:log", "gamma": "0.9:0.999",
+                "policy_delay": "1:5:int"}
+
 LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0
 
 

@@ -94,6 +94,10 @@ PRESETS: dict[str, dict] = {
     "quick": {"critic_hidden": 64, "batch_size": 128, "population": 16, "elites": 2},
 }
 
+# hypertune.py's search when no --param is given, in --param's syntax: the critics' learning rate, the discount,
+# and the exploration noise, which alone decides how far acting strays from the search's answer.
+SEARCH_SPACE = {"q_lr": "1e-4:3e-3:log", "gamma": "0.9:0.999", "exploration_noise": "0.05:0.5"}
+
 
 ASCENT_MAX_STEP = 0.5  # Rprop's largest step, a quarter of the box: the ascent refines, CEM searches
 

@@ -65,6 +65,12 @@ PRESETS: dict[str, dict] = {
     "vectorised": {"num_steps": 32, "num_minibatches": 4, "update_epochs": 4},
 }
 
+# hypertune.py's search when no --param is given, in --param's syntax: the learning rate and GAE's lambda (whose
+# joint landscape Eimer et al. 2023, https://arxiv.org/abs/2306.01324, show to be broad and benign), the
+# clipping range around PPO's 0.2, the entropy bonus from nothing (1e-8) to strong, and the discount.
+SEARCH_SPACE = {"learning_rate": "1e-5:1e-3:log", "gae_lambda": "0.8:0.99", "clip_coef": "0.1:0.4",
+                "ent_coef": "1e-8:0.01:log", "gamma": "0.9:0.999"}
+
 NORM_EPS, NORM_CLIP = 1e-8, 10.0  # gymnasium's epsilon in the normalisers; CleanRL's clip after them
 
 

@@ -78,6 +78,15 @@ PRESETS: dict[str, dict] = {
     "quick": {"hidden_size": 64},
 }
 
+# hypertune.py's search when no --param is given, in --param's syntax. Eimer et al. 2023, "Hyperparameters in
+# Reinforcement Learning and How To Tune Them" (https://arxiv.org/abs/2306.01324), find that nearly every
+# hyperparameter of SAC matters and that their interactions are benign, so broad ranges are cheap to search:
+# the learning rates an order of magnitude around CleanRL's defaults, the Polyak rate around SAC's 0.005, and
+# the discount, on which every task's horizon depends. (The replay ratio matters too; it is left out because
+# it multiplies a trial's cost.)
+SEARCH_SPACE = {"q_lr": "1e-4:3e-3:log", "policy_lr": "1e-4:3e-3:log", "tau": "0.001:0.05:log",
+                "gamma": "0.9:0.999"}
+
 LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0
 
 

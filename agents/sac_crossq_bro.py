@@ -62,6 +62,11 @@ PRESETS: dict[str, dict] = {
     "quick": {"critic_hidden": 64, "critic_blocks": 1, "actor_hidden": 64, "replay_ratio": 1.0},
 }
 
+# hypertune.py's search when no --param is given, in --param's syntax: crossq's learning rates and discount, and
+# AdamW's weight decay around BRO's 1e-4 (its regulariser, the knob this agent adds).
+SEARCH_SPACE = {"q_lr": "1e-4:3e-3:log", "policy_lr": "1e-4:3e-3:log", "gamma": "0.9:0.999",
+                "weight_decay": "1e-5:1e-3:log"}
+
 
 class ResidualBlock(nn.Module):
     """x + BRN(Linear(ReLU(BRN(Linear(x))))): BRO's block, BatchRenorm in place of LayerNorm."""

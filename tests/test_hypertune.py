@@ -11,6 +11,7 @@ from types import SimpleNamespace
 
 import pytest
 
+from agents import AGENTS, agent_module
 from hypertune import OPTIMIZER, TRIALS, Sweep
 from lab import UsageError
 from lab.tuning import MedianPruner, SearchSpace, parse_param, trial_metric
@@ -129,7 +130,8 @@ def test_bad_input_on_the_command_line_is_one_line_exit_2_and_leaves_nothing(tmp
         (["--param", "q_lr=1e-2:1e-4"], "the low bound must be below the high one"),
         (["--param", "q_lr=1e-4:1e-2", "--param", "q_lr=1e-4:1e-3"], "--param given twice for q_lr"),
         (["--param", "q_lr=1e-4:1e-2", "--set", "q_lr=1e-3"], "q_lr both searched (--param) and fixed (--set)"),
-        ([], "nothing to search: give at least one --param"),
+        (["--agent", "crossq_cem", "--set", "q_lr=1e-3", "--set", "gamma=0.99", "--set", "exploration_noise=0.2"],
+         "nothing to search: give at least one --param"),
         (["--param", "q_lr=1e-4:1e-2", "--envs", "Pendulum-v1", "tests.toy_envs:Count-v0"],
          "tests.toy_envs:Count-v0 has none"),
         (["--resume", "nothing-here"], "cannot resume 'nothing-here'"),
@@ -234,12 +236,21 @@ def test_the_metric_is_the_iqm_and_normalises_across_environments():
     assert trial_metric({"Pendulum-v1": [-150.0]}, both) == pytest.approx(0.5)  # pruned before CartPole: 0 there
 
 
-def test_hypertune_runs_a_real_agent_end_to_end(tmp_path):
+@pytest.mark.parametrize("agent", AGENTS)
+def test_every_agents_default_search_space_is_valid(agent):
+    space = SearchSpace([parse_param(f"{name}={bounds}", agent)
+                         for name, bounds in agent_module(agent).SEARCH_SPACE.items()])
+    assert space.params
+
+
+def test_hypertune_runs_a_real_agent_end_to_end_on_its_default_space(tmp_path):
     result = run_script("hypertune.py", tmp_path, "--agent", "sac_baseline", "--envs", "Pendulum-v1", "--steps",
-                        "600", "--trials", "3", "--workers", "2", "--param", "q_lr=1e-4:3e-3:log", "--set",
-                        "learning_starts=200", "--set", "hidden_size=32", "--eval-episodes", "1", "--name", "real",
-                        timeout=300)
+                        "600", "--trials", "3", "--workers", "2", "--set", "learning_starts=200", "--set",
+                        "hidden_size=32", "--set", "gamma=0.99", "--eval-episodes", "1", "--name", "real", timeout=300)
     assert result.returncode == 0, result.stderr
+    assert "no --param: searching sac_baseline's default space: q_lr=1e-4:3e-3:log" in result.stdout
+    config = json.loads((tmp_path / "runs" / "real" / "config.json").read_text())
+    assert [param["name"] for param in config["params"]] == ["q_lr", "policy_lr", "tau"]  # gamma: fixed by --set
     assert "best: trial" in result.stdout and "python learn_simple.py --agent sac_baseline" in result.stdout
     trials = json.loads((tmp_path / "runs" / "real" / TRIALS).read_text())
     assert len(trials) == 3 and all(t["metric"] is not None for t in trials)
