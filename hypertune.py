@@ -43,6 +43,7 @@ from lab.cli import (RUNS, ArgumentParser, add_backend_arguments, canonical_agen
                      check_backend, exit_on_usage_error, new_run_root, non_negative_float, non_negative_int, positive_int,
                      refuse_changed, resolve_device, resume_root)
 from lab.rollout import train, write_json
+from lab.progress import board
 from lab.runner import INTERRUPTED, enter_worker, install_stop_handlers, stop_workers, worker_slots
 from lab.tuning import (MedianPruner, Param, SearchSpace, check_metric_envs, parse_param, run_trial, trial_dir,
                         trial_metric)
@@ -58,7 +59,7 @@ QUICK_SWEEP = ["--agent", "sac_baseline", "--envs", "Pendulum-v1", "--steps", "5
 def trial_worker(conn, run_root: Path, config: dict, trial: dict, threads: int, cpus, train_fn) -> None:
     """A trial in its own process: its Ctrl-C handling, threads and cores, then the trial loop."""
     enter_worker(threads, cpus)
-    run_trial(conn, run_root, config, trial, train_fn)
+    run_trial(conn, run_root, config, trial, train_fn, send_progress=True)
 
 
 class LocalTrials:
@@ -226,24 +227,35 @@ class Sweep:
             from lab.ray_backend import RayTrials
             pool = RayTrials(self, workers, ray_options)
         running = {}  # the pool's key -> trial
+        showing = {}  # trial number -> the label of its run on the progress board
         interrupted = False
+        progress = board()
         try:
-            while True:
-                while len(running) < pool.capacity and self.open_trials() > 0:
-                    trial = self.next_trial()
-                    trial.update(status="running", started=time.time())
-                    running[pool.start(trial)] = trial
-                    self.save()
-                if not running:
-                    break
-                for key, message in pool.events():
-                    trial = running[key]
-                    if message[0] == "report":
-                        pool.answer(key, not self.should_prune(trial, *message[1:]))
-                        continue
-                    del running[key]  # before finishing it: an interruption now must not mark it interrupted
-                    pool.release(key)
-                    self.finish(trial, message)
+            with progress:
+                while True:
+                    while len(running) < pool.capacity and self.open_trials() > 0:
+                        trial = self.next_trial()
+                        trial.update(status="running", started=time.time())
+                        running[pool.start(trial)] = trial
+                        self.save()
+                    if not running:
+                        break
+                    for key, message in pool.events():
+                        trial = running[key]
+                        if message[0] == "progress":  # a live report: shown, nothing to answer
+                            if showing.get(trial["trial"], message[1].label) != message[1].label:
+                                progress.finish(showing[trial["trial"]])  # the trial's previous run
+                            showing[trial["trial"]] = message[1].label
+                            progress.update(message[1])
+                            continue
+                        if message[0] == "report":
+                            pool.answer(key, not self.should_prune(trial, *message[1:]))
+                            continue
+                        del running[key]  # before finishing it: an interruption now must not mark it interrupted
+                        pool.release(key)
+                        if trial["trial"] in showing:
+                            progress.finish(showing.pop(trial["trial"]))
+                        self.finish(trial, message)
         except KeyboardInterrupt:
             interrupted = True
             pool.stop()

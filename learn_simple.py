@@ -5,12 +5,16 @@
     python learn_simple.py --agent sac_baseline --envs Pendulum-v1 --seeds 4 --steps 8000
     python learn_simple.py --list                # agents, presets, hyperparameters, suites
 
-Each run is `lab.rollout.train` in its own process (lab/ray_backend.py for Ray). A run that crashes is reported and the others go on;
-Ctrl-C stops every run, closes its logs, and writes results.json for those that finished.
+Each run is `lab.rollout.train` in its own process (lab/ray_backend.py for Ray). A run that crashes is reported
+and the others go on; Ctrl-C stops every run, closes its logs, and writes results.json for those that finished.
+On a terminal, a live line per run in flight shows its progress (lab/progress.py); otherwise each run prints
+plain lines.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import json
 import multiprocessing
 import os
@@ -21,18 +25,20 @@ from pathlib import Path
 
 from lab.cli import (ArgumentParser, add_backend_arguments, add_run_arguments, check_backend, exit_on_usage_error,
                      listing, positive_int)
+from lab.progress import LiveBoard, live_output
 from lab.rollout import RESULT, RunSpec, train
 from lab.runner import (ERROR, INTERRUPTED, enter_worker, failure_entry, report_failure, run_plan, stop_workers,
                         worker_slots, write_failure)
 
 
-def worker(spec: RunSpec, threads: int, cpus: list[int] | None) -> None:
-    """One run in its own process: its thread budget, its cores, its error file."""
+def worker(spec: RunSpec, threads: int, cpus: list[int] | None, progress) -> None:
+    """One run in its own process: its thread budget, its cores, its error file; its progress reports sent
+    over the `progress` connection when there is one (else it prints its own lines)."""
     enter_worker(threads, cpus)
     run_dir = Path(spec.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)  # for error.txt, should train() fail before making it
     try:
-        train(spec)
+        train(spec, on_progress=progress.send if progress is not None else None)
     except KeyboardInterrupt:
         sys.exit(INTERRUPTED)
     except BaseException as error:
@@ -47,21 +53,34 @@ def schedule(specs: list[RunSpec], workers: int) -> tuple[list[dict], list[dict]
     slots = worker_slots(workers, len(specs))
     context = multiprocessing.get_context("spawn")
     pending, running = list(specs), {}  # running: sentinel -> (process, spec, slot)
+    reports = {}  # a worker's progress connection -> the sentinel of its process
     free_slots = list(range(len(slots)))
     records, failures, interrupted = [], [], False
+    board = LiveBoard() if live_output() else None  # else each worker prints its own lines
     try:
-        while pending or running:
-            while pending and free_slots:
-                spec, slot = pending.pop(0), free_slots.pop(0)
-                process = context.Process(target=worker, args=(spec, *slots[slot]), name=spec.label)
-                process.start()
-                running[process.sentinel] = (process, spec, slot)
-            for sentinel in wait(list(running)):
-                process, spec, slot = running.pop(sentinel)
-                process.join()
-                free_slots.append(slot)
-                outcome = collect(process, spec)
-                (records if "final_return" in outcome else failures).append(outcome)
+        with board or contextlib.nullcontext():
+            while pending or running:
+                while pending and free_slots:
+                    spec, slot = pending.pop(0), free_slots.pop(0)
+                    ours, theirs = context.Pipe(duplex=False) if board else (None, None)
+                    process = context.Process(target=worker, name=spec.label, args=(
+                        dataclasses.replace(spec, progress=board is None), *slots[slot], theirs))
+                    process.start()
+                    running[process.sentinel] = (process, spec, slot)
+                    if ours is not None:
+                        theirs.close()
+                        reports[ours] = process.sentinel
+                for ready in wait([*running, *reports]):
+                    if ready in reports:
+                        show_progress(ready, board, reports)
+                        continue
+                    process, spec, slot = running.pop(ready)
+                    process.join()
+                    free_slots.append(slot)
+                    if board:
+                        board.finish(spec.label)
+                    outcome = collect(process, spec)
+                    (records if "final_return" in outcome else failures).append(outcome)
     except KeyboardInterrupt:
         interrupted = True
         stop_workers([process for process, _, _ in running.values()])
@@ -70,6 +89,16 @@ def schedule(specs: list[RunSpec], workers: int) -> tuple[list[dict], list[dict]
             (records if "final_return" in outcome else failures).append(outcome)
         failures += [failure_entry(spec, "not started") for spec in pending]
     return records, failures, interrupted
+
+
+def show_progress(connection, board: LiveBoard, reports: dict) -> None:
+    """Every report waiting on a worker's connection onto the board; a closed one (its run ended) is dropped."""
+    try:
+        while connection.poll():
+            board.update(connection.recv())
+    except (EOFError, OSError):
+        del reports[connection]
+        connection.close()
 
 
 def collect(process, spec: RunSpec) -> dict:

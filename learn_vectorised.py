@@ -8,15 +8,18 @@ Each (agent, environment, seed) run is `lab.rollout.train` with `--num-envs` cop
 as one batch: Gymnasium copies in this process (`sync`) or one process each (`async`), or, for the batched
 torch environments (TorchPendulum-v0, TorchCartPoleContinuous-v0), on the agent's device. Options, logs,
 results.json, --resume and errors are learn_simple.py's. A run that fails is reported and the next one starts;
-Ctrl-C stops the current one, keeps its logs, and writes results.json for those that finished.
+Ctrl-C stops the current one, keeps its logs, and writes results.json for those that finished. On a terminal, a
+live line shows the run in flight (lab/progress.py); otherwise plain lines.
 """
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import sys
 
 from lab.cli import ArgumentParser, add_run_arguments, exit_on_usage_error, listing, positive_int
+from lab.progress import LiveBoard, live_output
 from lab.rollout import RunSpec, train
 from lab.runner import interrupt_once, report_failure, run_plan, write_failure
 
@@ -25,17 +28,22 @@ def run_here(specs: list[RunSpec]) -> tuple[list[dict], list[dict], bool]:
     """The runs one after another in this process; a failure is recorded and the next run starts."""
     records, failures = [], []
     signal.signal(signal.SIGINT, interrupt_once)  # a second Ctrl-C must not cut the closing of the logs short
-    for index, spec in enumerate(specs):
-        try:
-            records.append(train(spec))
-        except KeyboardInterrupt:
-            failures.append({"agent": spec.agent, "env": spec.env, "seed": spec.seed, "error": "interrupted"})
-            failures += [{"agent": s.agent, "env": s.env, "seed": s.seed, "error": "not started"}
-                         for s in specs[index + 1:]]
-            return records, failures, True
-        except Exception as error:
-            write_failure(spec, error)
-            failures.append(report_failure(spec, f"{type(error).__name__}: {error}"))
+    board = LiveBoard() if live_output() else None  # else train prints plain lines
+    with board or contextlib.nullcontext():
+        for index, spec in enumerate(specs):
+            try:
+                records.append(train(spec, on_progress=board.update if board else None))
+            except KeyboardInterrupt:
+                failures.append({"agent": spec.agent, "env": spec.env, "seed": spec.seed, "error": "interrupted"})
+                failures += [{"agent": s.agent, "env": s.env, "seed": s.seed, "error": "not started"}
+                             for s in specs[index + 1:]]
+                return records, failures, True
+            except Exception as error:
+                write_failure(spec, error)
+                failures.append(report_failure(spec, f"{type(error).__name__}: {error}"))
+            finally:
+                if board:
+                    board.finish(spec.label)
     return records, failures, False
 
 

@@ -33,6 +33,7 @@ from envs import is_torch_env, make_env
 from envs.torch_envs import TorchVectorEnv
 from lab import UsageError
 from lab.policy import BEST, POLICY, load_networks, read_policy, save_policy
+from lab.progress import PROGRESS_S, PlainLines, Progress
 
 # --compile: torch.compile's mode for each choice ('reduce-overhead' is inductor plus CUDA graphs).
 COMPILE_MODES = {"off": None, "on": "default", "cudagraphs": "reduce-overhead"}
@@ -60,7 +61,7 @@ class RunSpec:
     eval_episodes: int = 10
     checkpoint_every: int = 0  # steps between checkpoints, each cutting the running episodes; 0: none
     resume: bool = False  # continue from run_dir's checkpoint when there is one
-    progress: bool = True  # print a line at each evaluation
+    progress: bool = True  # print progress lines (at each evaluation, and periodically) when no one else shows it
     video_episodes: int = 0  # episodes of the final policy recorded to video.gif (and TensorBoard); 0: none
     init_from: str | None = None  # a policy file whose networks the agent starts from (not when resuming)
 
@@ -163,9 +164,12 @@ class EpisodeLog:
                 for row, column in zip(rows.tolist(), columns.tolist())]
 
 
-def train(spec: RunSpec, on_eval: Callable[[int, float], bool] | None = None) -> dict:
+def train(spec: RunSpec, on_eval: Callable[[int, float], bool] | None = None,
+          on_progress: Callable[[Progress], None] | None = None) -> dict:
     """Train, evaluate and log one run; return its result record. `on_eval(step, mean_return)` is called after
-    each evaluation, and training stops early (the record says `stopped_at`) when it returns False."""
+    each evaluation, and training stops early (the record says `stopped_at`) when it returns False.
+    `on_progress(Progress)` is called every PROGRESS_S seconds and at each evaluation (default: plain lines
+    when spec.progress)."""
     device = torch.device(spec.device)
     run_dir = Path(spec.run_dir) if spec.run_dir else None
     if run_dir is not None:
@@ -230,6 +234,15 @@ def train(spec: RunSpec, on_eval: Callable[[int, float], bool] | None = None) ->
                 writer.add_scalar("charts/episodic_return", episode[1], episode[0])
                 writer.add_scalar("charts/episodic_length", episode[2], episode[0])
 
+    if on_progress is None and spec.progress:
+        on_progress = PlainLines().update
+
+    def report(evaluated: bool) -> None:
+        recent = [r for _, r, _ in state["episodes"][-10:]]  # as recorded at the last logging step: no device read
+        sps = (step - step_at_start) / (time.perf_counter() - started + 1e-9)
+        on_progress(Progress(spec.label, step, spec.steps, sps, float(np.mean(recent)) if recent else None,
+                             state["evaluations"][-1][1] if state["evaluations"] else None, evaluated))
+
     step = state["step"]
     eval_every = spec.eval_every or spec.steps
     last_eval = state["evaluations"][-1][0] if state["evaluations"] else 0
@@ -240,6 +253,7 @@ def train(spec: RunSpec, on_eval: Callable[[int, float], bool] | None = None) ->
     started, step_at_start = time.perf_counter(), step
     obs_t = to_device(obs)
     metrics = None  # the latest update's, until they are logged
+    next_report = time.monotonic()
     if spec.init_from and not resumed:  # where the saved networks start: the first point of the curve
         start_return = evaluation(0)
         if writer:
@@ -282,12 +296,8 @@ def train(spec: RunSpec, on_eval: Callable[[int, float], bool] | None = None) ->
                 mean_return = evaluation(step)
                 if writer:
                     writer.add_scalar("eval/return", mean_return, step)
-                if spec.progress:
-                    recent = [r for _, r, _ in state["episodes"][-10:]]
-                    train_text = f"{np.mean(recent):9.1f}" if recent else "        -"
-                    sps = (step - step_at_start) / (time.perf_counter() - started + 1e-9)
-                    print(f"[{spec.label}] {step:>9}/{spec.steps} steps  train {train_text}  eval {mean_return:9.1f}"
-                          f"  {sps:7.0f} steps/s", flush=True)
+                if on_progress is not None:
+                    report(evaluated=True)
                 if on_eval is not None and not on_eval(step, mean_return) and step < spec.steps:
                     stopped_at = step
                     break
@@ -307,6 +317,9 @@ def train(spec: RunSpec, on_eval: Callable[[int, float], bool] | None = None) ->
                 reset_obs, _ = envs.reset(options={"reset_mask": done_host | checkpointing})
                 next_obs = to_device(reset_obs)
             obs_t = next_obs
+            if on_progress is not None and time.monotonic() >= next_report:
+                next_report = time.monotonic() + PROGRESS_S
+                report(evaluated=False)
         record_episodes()
     except BaseException:
         if writer:

@@ -183,11 +183,12 @@ def trial_dir(run_root: Path, trial: int) -> Path:
     return run_root / f"trial_{trial:03d}"
 
 
-def run_trial(conn, run_root: Path, config: dict, trial: dict, train_fn) -> None:
+def run_trial(conn, run_root: Path, config: dict, trial: dict, train_fn, send_progress: bool = False) -> None:
     """One trial: every (environment, seed) run in turn, wherever it runs (a local process, a Ray task).
     It sends each evaluation to the sweep over `conn` and waits for its decision (go on or stop), then its
     outcome: ('complete' | 'pruned', final returns per environment, steps trained), or ('failed', error,
-    steps trained)."""
+    steps trained). With `send_progress`, also ('progress', lab.progress.Progress) reports, which need no
+    answer; without, each run prints its own plain progress lines."""
     finals: dict[str, list[float]] = {}
     steps_trained, stop = 0, False
     directory = trial_dir(run_root, trial["trial"])
@@ -199,14 +200,18 @@ def run_trial(conn, run_root: Path, config: dict, trial: dict, train_fn) -> None
         stop = not conn.recv()
         return not stop
 
+    def on_progress(progress):
+        conn.send(("progress", dataclasses.replace(progress, label=f"trial {trial['trial']} {progress.label}")))
+
     try:
         for index, (env, steps, seed) in enumerate(runs):
             spec = RunSpec(agent=config["agent"], env=env, seed=seed, steps=steps,
                            settings={**config["settings"], **trial["settings"]},
                            run_dir=str(directory / env / f"seed_{seed}"), device=config["device"],
                            eval_every=math.ceil(steps / config["reports"]), eval_episodes=config["eval_episodes"],
-                           log=config["log"], progress=False, checkpoint_every=0)
-            record = train_fn(spec, functools.partial(on_eval, env=env, seed=seed))
+                           log=config["log"], progress=not send_progress, checkpoint_every=0)
+            record = train_fn(spec, functools.partial(on_eval, env=env, seed=seed),
+                              on_progress if send_progress else None)
             finals.setdefault(env, []).append(record["final_return"])  # a stopped run's: its last evaluation
             steps_trained += record["steps"]
             # Stopped within the run, or at its last evaluation with other runs still to come.

@@ -26,7 +26,7 @@ def objective(settings: dict) -> float:
     return -((math.log10(settings["q_lr"]) + 3) ** 2 + ((settings["gamma"] - 0.97) / 0.05) ** 2)
 
 
-def synthetic_train(spec, on_eval):
+def synthetic_train(spec, on_eval, on_progress=None):
     """Stands in for lab.rollout.train: reports the objective at each evaluation, lower early (as learning
     curves rise), and stops when on_eval says so. Trials from SYNTHETIC_SLOW_FROM on hang (to be interrupted);
     SYNTHETIC_CRASH_BELOW makes trials whose objective lies below it raise."""
