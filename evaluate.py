@@ -19,12 +19,12 @@ from pathlib import Path
 
 import numpy as np
 
+from envs import make_env
 from lab import UsageError
-from lab.cli import CONFIG, ArgumentParser, exit_on_usage_error, positive_int, non_negative_int, resolve_device
+from lab.cli import CONFIG, ArgumentParser, exit_on_usage_error, non_negative_int, positive_int, resolve_device
 from lab.policy import BEST, POLICY, load_policy
 from lab.results import aggregate, format_table
 from lab.rollout import RESULT, episode_returns, record_video
-from envs import make_env
 
 EVALUATE_SEED_OFFSET = 2_000_003  # beyond training's resets and the run's evaluations (lab.rollout)
 WHICH = {"both": (POLICY, BEST), "policy": (POLICY,), "best": (BEST,)}
