@@ -336,3 +336,24 @@ def test_the_batch_renorm_recipe_rejects_values_that_would_fail_later(agent_name
     name = next(iter(setting))
     with pytest.raises(UsageError, match=name):
         make_agent(agent_name, *pendulum_like(), settings=setting)
+
+
+@pytest.mark.parametrize("target_noise", [0.0, 0.2])
+def test_cem_targets_smooth_the_searchs_answer_within_the_clip(target_noise):
+    agent = make_agent("crossq_cem", *pendulum_like(), total_steps=100,
+                       settings={"learning_starts": 0, "critic_hidden": 16, "population": 8, "elites": 2,
+                                 "batch_size": 64, "target_noise": target_noise, "target_noise_clip": 0.3})
+    for _ in range(4):
+        agent.act(torch.randn(1, 3))
+        agent.observe(torch.randn(1, 3), torch.zeros(1), torch.tensor([False]), torch.tensor([False]))
+    answer = torch.full((64, 1), 0.9)  # the search's answer, in the scaled range
+    agent.greedy = lambda obs, start, generator: answer
+    seen = {}
+    agent.critic_step = lambda *args: seen.setdefault("next_actions", args[5])
+    agent.gradient_step()
+    scaled = (seen["next_actions"] - agent.action_bias) / agent.action_scale
+    if target_noise == 0:
+        assert torch.allclose(scaled, answer)
+    else:  # TD3's smoothing: noise clipped to +-0.3, the action to the box
+        assert not torch.allclose(scaled, answer)
+        assert bool(((scaled >= 0.6 - 1e-6) & (scaled <= 1.0)).all()) and bool((scaled == 1.0).any())
