@@ -243,10 +243,7 @@ class Sweep:
                     for key, message in pool.events():
                         trial = running[key]
                         if message[0] == "progress":  # a live report: shown, nothing to answer
-                            if showing.get(trial["trial"], message[1].label) != message[1].label:
-                                progress.finish(showing[trial["trial"]])  # the trial's previous run
-                            showing[trial["trial"]] = message[1].label
-                            progress.update(message[1])
+                            show(progress, showing, trial["trial"], message[1])
                             continue
                         if message[0] == "report":
                             pool.answer(key, not self.should_prune(trial, *message[1:]))
@@ -300,6 +297,15 @@ class Sweep:
                        f"{steps} " + " ".join(f"--set {key}={value}" for key, value in settings.items()))
             lines += ["", f"best: trial {best['trial']}, metric {best['metric']:.2f}", f"  {command}"]
         return "\n".join(lines)
+
+
+def show(board, showing: dict, trial: int, report) -> None:
+    """A trial's progress report onto the board; `showing` holds each trial's line, replaced when it moves on to
+    its next run."""
+    if showing.get(trial, report.label) != report.label:
+        board.finish(showing[trial])
+    showing[trial] = report.label
+    board.update(report)
 
 
 def fraction(text: str) -> float:

@@ -53,7 +53,7 @@ def schedule(specs: list[RunSpec], workers: int) -> tuple[list[dict], list[dict]
     slots = worker_slots(workers, len(specs))
     context = multiprocessing.get_context("spawn")
     pending, running = list(specs), {}  # running: sentinel -> (process, spec, slot)
-    reports = {}  # a worker's progress connection -> the sentinel of its process
+    reports = set()  # the workers' progress connections still open
     free_slots = list(range(len(slots)))
     records, failures, interrupted = [], [], False
     board = LiveBoard() if live_output() else None  # else each worker prints its own lines
@@ -69,7 +69,7 @@ def schedule(specs: list[RunSpec], workers: int) -> tuple[list[dict], list[dict]
                     running[process.sentinel] = (process, spec, slot)
                     if ours is not None:
                         theirs.close()
-                        reports[ours] = process.sentinel
+                        reports.add(ours)
                 for ready in wait([*running, *reports]):
                     if ready in reports:
                         show_progress(ready, board, reports)
@@ -91,13 +91,13 @@ def schedule(specs: list[RunSpec], workers: int) -> tuple[list[dict], list[dict]
     return records, failures, interrupted
 
 
-def show_progress(connection, board: LiveBoard, reports: dict) -> None:
+def show_progress(connection, board: LiveBoard, reports: set) -> None:
     """Every report waiting on a worker's connection onto the board; a closed one (its run ended) is dropped."""
     try:
         while connection.poll():
             board.update(connection.recv())
     except (EOFError, OSError):
-        del reports[connection]
+        reports.discard(connection)
         connection.close()
 
 
