@@ -11,7 +11,9 @@ for speed:
 - the agent never sees the environment, so the observation and reward normalisation that CleanRL gets from
   gymnasium wrappers (NormalizeObservation, NormalizeReward, each clipped to ±10) live here, switchable;
 - a time-limit truncation bootstraps from the true last observation (CleanRL cuts it like a termination);
-- a `Discrete` action space gets a categorical policy from the same networks, as CleanRL's `ppo.py`;
+- a `Discrete` action space gets a categorical policy from the same networks, as CleanRL's `ppo.py`; a
+  `MultiDiscrete`, or a `Tuple` or `Dict` of Box and discrete spaces, gets the product of a Gaussian per Box and
+  a categorical per discrete choice (`ActionLayout`), as minRL's mixed actor;
 - the rollout's log-probs and values are computed in one batch when it is full, not one step at a time;
 - Adam is the fused implementation (one kernel for all parameters); `target_kl` 0 means no early stop.
 """
@@ -50,10 +52,20 @@ class Hyperparameters(HyperparametersBase):
     norm_obs: bool = True  # normalise observations by their running mean and std, then clip to ±10
     norm_reward: bool = True  # divide rewards by the running std of the discounted return, then clip to ±10
     hidden_size: int = 64  # width of the two hidden layers of actor and critic
+    optimizer: str = "adam"  # 'adam' (PPO's, eps 1e-5) or 'rmsprop' (SB3's A2C: alpha 0.99, eps 1e-5)
 
     positive = ("learning_rate", "num_steps", "num_minibatches", "update_epochs", "clip_coef", "max_grad_norm",
                 "hidden_size")
     unit_interval = ("gamma", "gae_lambda")
+
+    def check(self) -> None:
+        super().check()
+        if self.optimizer not in OPTIMIZERS:
+            raise UsageError(f"hyperparameter optimizer must be one of {', '.join(OPTIMIZERS)}, "
+                             f"got '{self.optimizer}'")
+
+
+OPTIMIZERS = ("adam", "rmsprop")
 
 
 PRESETS: dict[str, dict] = {
@@ -63,6 +75,24 @@ PRESETS: dict[str, dict] = {
     # suit a GPU), and 4 epochs keep each rollout's policy change small. Isaac Gym- and Brax-style PPO use
     # rollouts of 16 to 32 steps for the same reason. With 16 CartPole copies: 500 at 100k steps (README).
     "vectorised": {"num_steps": 32, "num_minibatches": 4, "update_epochs": 4},
+    # A2C (Mnih et al. 2016, https://arxiv.org/abs/1602.01783) as SB3's A2C runs it (its defaults, which the
+    # rl-zoo keeps for CartPole with 8 environments): rollouts of 5 steps per environment, one gradient step on
+    # all of it, so the probability ratio is 1 and PPO's clipping never acts: the loss is the plain policy
+    # gradient -A * log pi plus the value and entropy terms. Returns are n-step (GAE with lambda 1), advantages
+    # not normalised, RMSprop at a constant 7e-4, no observation or reward normalisation; vf_coef 1, since SB3
+    # weighs the value's mean squared error by its vf_coef 0.5 and this agent weighs half that error.
+    # Reference: https://github.com/DLR-RM/stable-baselines3/blob/master/stable_baselines3/a2c/a2c.py
+    "a2c": {"num_steps": 5, "num_minibatches": 1, "update_epochs": 1, "learning_rate": 7e-4, "anneal_lr": False,
+            "optimizer": "rmsprop", "gae_lambda": 1.0, "norm_adv": False, "clip_vloss": False,
+            "norm_obs": False, "norm_reward": False, "vf_coef": 1.0},
+    # Vanilla policy gradient (REINFORCE with a learned value baseline; Williams 1992, Sutton et al. 2000) as
+    # Spinning Up's VPG (https://spinningup.openai.com/en/latest/algorithms/vpg.html), which minRL's VPG follows:
+    # one gradient step per batch of whole-rollout experience, advantages from GAE with lambda 1 (the return
+    # minus the baseline; a cut episode bootstraps from the value), normalised per batch. Spinning Up fits the
+    # baseline with 80 extra steps per batch; here it shares the one step (and Adam), the simplest honest form.
+    # Batches of PPO's 2048 steps; Adam at 3e-3 (Spinning Up's 3e-4 would make 146 steps in 300k too few).
+    "vpg": {"num_steps": 2048, "num_minibatches": 1, "update_epochs": 1, "learning_rate": 3e-3,
+            "anneal_lr": False, "gae_lambda": 1.0, "clip_vloss": False, "norm_reward": False},
 }
 
 # hypertune.py's search when no --param is given, in --param's syntax: the learning rate and GAE's lambda (whose
@@ -118,31 +148,120 @@ def mlp(in_dim: int, hidden: int, out_dim: int, out_std: float) -> nn.Sequential
                          nn.Tanh(), layer_init(nn.Linear(hidden, out_dim), std=out_std))
 
 
-class ActorCritic(nn.Module):
-    """Separate tanh MLPs for the value and the policy; the policy is a Gaussian with a state-independent std
-    (Box actions) or a categorical over logits (Discrete actions)."""
+@dataclasses.dataclass(frozen=True)
+class GaussianPart:
+    """A Box's coordinates: a Gaussian with a state-independent std, its means the actor's `outputs`."""
+    outputs: slice  # of the actor's output: the means
+    actions: slice  # of the flat action
+    log_std: slice  # of the network's actor_logstd
 
-    def __init__(self, obs_dim: int, action_dim: int, hidden: int, discrete: bool):
+
+@dataclasses.dataclass(frozen=True)
+class CategoricalPart:
+    """One discrete choice: a categorical over the logits `outputs`, stored as the index chosen."""
+    outputs: slice  # of the actor's output: the logits
+    action: int  # the column of the flat action holding the index
+
+
+class ActionLayout:
+    """An action space as a product of independent parts: a Gaussian per Box, a categorical per Discrete (and per
+    entry of a MultiDiscrete), in any Tuple or Dict of them. The actor outputs every part's parameters side by
+    side; the rollout stores an action as one flat float vector (an index is exact in a float32 up to 2^24);
+    `to_env` rebuilds the space's own structure (a tensor, or a tuple or dict of them, batched) from it."""
+
+    def __init__(self, space: gym.Space, device: torch.device):
+        self.parts: list[GaussianPart | CategoricalPart] = []
+        self.outputs = self.columns = self.gaussian_dims = 0  # running sizes while planning, then the totals
+        self.device = device
+        self.to_env = self._plan(space)
+
+    def _plan(self, space: gym.Space):
+        """Lay out `space`'s parts after those planned so far; return flat actions [N, columns] -> its structure."""
+        start_column = self.columns
+        if isinstance(space, gym.spaces.Box):
+            size = math.prod(space.shape)
+            columns = slice(start_column, start_column + size)
+            self.parts.append(GaussianPart(slice(self.outputs, self.outputs + size), columns,
+                                           slice(self.gaussian_dims, self.gaussian_dims + size)))
+            self.outputs, self.columns, self.gaussian_dims = (self.outputs + size, self.columns + size,
+                                                               self.gaussian_dims + size)
+            low, high = (bound.flatten() for bound in action_bounds(space, self.device))
+            # Clipped to the bounds on the way out, as CleanRL's ClipAction wrapper does; stored as drawn.
+            return lambda flat: flat[:, columns].clamp(low, high).view(flat.shape[0], *space.shape)
+        if isinstance(space, (gym.spaces.Discrete, gym.spaces.MultiDiscrete)):
+            choices = [int(space.n)] if isinstance(space, gym.spaces.Discrete) else space.nvec.flatten().tolist()
+            for n in choices:
+                self.parts.append(CategoricalPart(slice(self.outputs, self.outputs + n), self.columns))
+                self.outputs, self.columns = self.outputs + n, self.columns + 1
+            columns = slice(start_column, self.columns)
+            offset = torch.as_tensor(space.start, device=self.device).flatten()
+            shape = () if isinstance(space, gym.spaces.Discrete) else space.shape
+            return lambda flat: (flat[:, columns].long() + offset).view(flat.shape[0], *shape)
+        if isinstance(space, gym.spaces.Tuple):
+            parts = [self._plan(subspace) for subspace in space.spaces]
+            return lambda flat: tuple(part(flat) for part in parts)
+        if isinstance(space, gym.spaces.Dict):
+            parts = {key: self._plan(subspace) for key, subspace in space.spaces.items()}
+            return lambda flat: {key: part(flat) for key, part in parts.items()}
+        raise UsageError(f"ppo_baseline needs a Box, Discrete or MultiDiscrete action space, or a Tuple or Dict "
+                         f"of them, got {space}")
+
+
+class ActorCritic(nn.Module):
+    """Separate tanh MLPs for the value and the policy; the policy is the product of the layout's parts: for
+    each Box a Gaussian with a state-independent std, for each discrete choice a categorical over logits. Its
+    log-probability and entropy are the sums of the parts' (the parts are independent given the state)."""
+
+    def __init__(self, obs_dim: int, layout: ActionLayout, hidden: int):
         super().__init__()
-        self.discrete = discrete
+        self.parts = layout.parts
         self.critic = mlp(obs_dim, hidden, 1, out_std=1.0)
-        # The Gaussian's mean or the categorical's logits; a small last layer starts the policy near uniform.
-        self.actor_mean = mlp(obs_dim, hidden, action_dim, out_std=0.01)
-        self.actor_logstd = None if discrete else nn.Parameter(torch.zeros(1, action_dim))
+        # The Gaussians' means and the categoricals' logits; a small last layer starts the policy near uniform.
+        self.actor_mean = mlp(obs_dim, hidden, layout.outputs, out_std=0.01)
+        self.actor_logstd = nn.Parameter(torch.zeros(1, layout.gaussian_dims)) if layout.gaussian_dims else None
 
     def log_prob(self, out: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
-        """log pi(action | s) [...] from the actor's output `out` for s [..., action_dim]."""
-        if self.discrete:
-            return out.log_softmax(-1).gather(-1, action.unsqueeze(-1)).squeeze(-1)
-        z = (action - out) * (-self.actor_logstd).exp()
-        return (-0.5 * z.square() - self.actor_logstd - LOG_SQRT_2PI).sum(-1)
+        """log pi(action | s) [...] = sum over parts, from the actor's output `out` for s and the flat action."""
+        total = 0.0
+        for part in self.parts:
+            if isinstance(part, CategoricalPart):
+                index = action[..., part.action, None].long()
+                total = total + out[..., part.outputs].log_softmax(-1).gather(-1, index).squeeze(-1)
+            else:
+                log_std = self.actor_logstd[:, part.log_std]
+                z = (action[..., part.actions] - out[..., part.outputs]) * (-log_std).exp()
+                total = total + (-0.5 * z.square() - log_std - LOG_SQRT_2PI).sum(-1)
+        return total
 
     def entropy(self, out: torch.Tensor) -> torch.Tensor:
-        """The policy's entropy [...] at the states whose actor outputs are `out` [..., action_dim]."""
-        if self.discrete:
-            log_p = out.log_softmax(-1)
-            return -(log_p.exp() * log_p).sum(-1)
-        return (0.5 + LOG_SQRT_2PI + self.actor_logstd).sum(-1).expand(out.shape[:-1])
+        """The policy's entropy [...] = sum over parts, at the states whose actor outputs are `out`."""
+        total = torch.zeros(out.shape[:-1], device=out.device)
+        for part in self.parts:
+            if isinstance(part, CategoricalPart):
+                log_p = out[..., part.outputs].log_softmax(-1)
+                total = total - (log_p.exp() * log_p).sum(-1)
+            else:
+                total = total + (0.5 + LOG_SQRT_2PI + self.actor_logstd[:, part.log_std]).sum(-1)
+        return total
+
+    def sample(self, out: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """A flat action [N, columns] drawn from the policy at the states whose actor outputs are `out` [N, ...]."""
+        drawn = []
+        for part in self.parts:
+            if isinstance(part, CategoricalPart):
+                probs = out[:, part.outputs].softmax(-1)
+                drawn.append(torch.multinomial(probs, 1, generator=generator).float())
+            else:
+                mean = out[:, part.outputs]
+                noise = torch.randn(mean.shape, generator=generator, device=mean.device)
+                drawn.append(torch.addcmul(mean, self.actor_logstd[:, part.log_std].exp(), noise))
+        return drawn[0] if len(drawn) == 1 else torch.cat(drawn, dim=-1)
+
+    def mode(self, out: torch.Tensor) -> torch.Tensor:
+        """The most likely flat action: each Gaussian's mean, each categorical's likeliest index."""
+        chosen = [out[:, part.outputs].argmax(-1, keepdim=True).float() if isinstance(part, CategoricalPart)
+                  else out[:, part.outputs] for part in self.parts]
+        return chosen[0] if len(chosen) == 1 else torch.cat(chosen, dim=-1)
 
 
 class Agent:
@@ -154,21 +273,15 @@ class Agent:
         h.check()
         self.device, self.num_envs = torch.device(device), num_envs
         obs_dim = math.prod(observation_shape(observation_space))
-        self.discrete = isinstance(action_space, gym.spaces.Discrete)
-        if self.discrete:
-            self.action_shape, action_dim, self.action_start = (), int(action_space.n), int(action_space.start)
-        elif isinstance(action_space, gym.spaces.Box):
-            self.action_shape = tuple(action_space.shape)
-            action_dim = math.prod(self.action_shape)
-            self.low, self.high = (bound.flatten() for bound in action_bounds(action_space, self.device))
-        else:
-            raise UsageError(f"ppo_baseline needs a Box or Discrete action space, got {action_space}")
+        self.layout = ActionLayout(action_space, self.device)
 
         torch.manual_seed(seed)  # only the initialisation draws from the global stream
-        self.network = ActorCritic(obs_dim, action_dim, h.hidden_size, self.discrete).to(self.device)
+        self.network = ActorCritic(obs_dim, self.layout, h.hidden_size).to(self.device)
         self.params = list(self.network.parameters())  # a list: clip_grad_norm_ is slower given a generator
         # fused: one kernel steps every parameter (4x faster than the default on a CPU, same update).
-        self.optimizer = torch.optim.Adam(self.params, lr=h.learning_rate, eps=1e-5, fused=True)
+        self.optimizer = (torch.optim.Adam(self.params, lr=h.learning_rate, eps=1e-5, fused=True)
+                          if h.optimizer == "adam" else
+                          torch.optim.RMSprop(self.params, lr=h.learning_rate, alpha=0.99, eps=1e-5))
         self.generator = make_generator(seed, self.device)
         self.obs_rms = RunningMeanStd((obs_dim,), self.device)
         self.return_rms = RunningMeanStd((), self.device)
@@ -183,8 +296,7 @@ class Agent:
         shape = (h.num_steps, num_envs)
         self.rollout = {
             "obs": torch.zeros(*shape, obs_dim, device=self.device),
-            "actions": torch.zeros(shape, dtype=torch.long, device=self.device) if self.discrete
-            else torch.zeros(*shape, action_dim, device=self.device),
+            "actions": torch.zeros(*shape, self.layout.columns, device=self.device),  # flat, as the layout says
             "rewards": torch.zeros(shape, device=self.device),  # normalised when norm_reward
             "terminated": torch.zeros(shape, dtype=torch.bool, device=self.device),
             "truncated": torch.zeros(shape, dtype=torch.bool, device=self.device),
@@ -200,20 +312,11 @@ class Agent:
             x = self.obs_rms.normalize(x)
         out = self.network.actor_mean(x)
         if not explore:
-            return self._to_env(out.argmax(-1) if self.discrete else out)
-        if self.discrete:
-            action = torch.multinomial(out.softmax(-1), 1, generator=self.generator).squeeze(-1)
-        else:
-            noise = torch.randn(out.shape, generator=self.generator, device=self.device)
-            action = torch.addcmul(out, self.network.actor_logstd.exp(), noise)
+            return self.layout.to_env(self.network.mode(out))
+        action = self.network.sample(out, self.generator)
         self.rollout["obs"][self.step] = x
         self.rollout["actions"][self.step] = action  # unclipped: the log-prob is of the action as drawn
-        return self._to_env(action)
-
-    def _to_env(self, action: torch.Tensor) -> torch.Tensor:
-        if self.discrete:
-            return action + self.action_start
-        return torch.clamp(action, self.low, self.high).view(action.shape[0], *self.action_shape)
+        return self.layout.to_env(action)
 
     @torch.inference_mode()
     def observe(self, next_obs: torch.Tensor, reward: torch.Tensor, terminated: torch.Tensor,

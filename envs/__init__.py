@@ -7,10 +7,11 @@ import importlib
 import gymnasium as gym
 
 from agents import closest
-from envs import torch_envs
+from envs import hybrid, torch_envs
 from lab import UsageError
 
 torch_envs.register()  # the batched torch environments, selectable by name like any other
+hybrid.register()  # the lab's environment with hybrid (discrete and continuous) actions
 
 # Default training budget (environment steps) per environment: what a full run of a typical agent needs to
 # get close to its plateau. The runners use it when --steps is not given.
@@ -35,6 +36,8 @@ DEFAULT_STEPS = {
     "Pusher-v5": 500_000,
     "TorchPendulum-v0": 20_000,
     "TorchCartPoleContinuous-v0": 100_000,
+    "HybridCartPole-v0": 100_000,
+    "HybridCartPoleRelaxed-v0": 100_000,
 }
 FALLBACK_STEPS = 100_000
 

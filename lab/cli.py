@@ -53,10 +53,14 @@ def non_negative_float(text: str) -> float:
     return value
 
 
+CLASSIC_POLICY_GRADIENTS = ("ppo_baseline:a2c", "ppo_baseline:vpg")  # presets, yet algorithms of their own
+
+
 def quick_check_agents() -> list[str]:
     """Every agent, as the quick check runs it: with its `quick` preset where it has one (small networks for
-    the compute-heavy agents, so that every code path runs in seconds)."""
-    return [f"{name}:quick" if "quick" in agent_module(name).PRESETS else name for name in AGENTS]
+    the compute-heavy agents, so that every code path runs in seconds), and the classic policy gradients."""
+    agents = [f"{name}:quick" if "quick" in agent_module(name).PRESETS else name for name in AGENTS]
+    return agents + list(CLASSIC_POLICY_GRADIENTS)
 
 
 def add_run_arguments(parser: argparse.ArgumentParser, device: str = "cpu") -> None:

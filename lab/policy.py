@@ -40,18 +40,34 @@ POLICY, BEST = "policy.pt", "best.pt"
 
 
 def describe_space(space: gym.Space) -> dict:
-    """A Box or Discrete space as plain values (what weights_only loading accepts), enough to rebuild it."""
+    """A Box, Discrete or MultiDiscrete space, or a Tuple or Dict of them, as plain values (what weights_only
+    loading accepts), enough to rebuild it."""
     if isinstance(space, gym.spaces.Box):
         return {"type": "Box", "shape": list(space.shape), "dtype": str(space.dtype),
                 "low": space.low.flatten().tolist(), "high": space.high.flatten().tolist()}
     if isinstance(space, gym.spaces.Discrete):
         return {"type": "Discrete", "n": int(space.n), "start": int(space.start)}
-    raise UsageError(f"policy files hold Box and Discrete spaces, got {space}")
+    if isinstance(space, gym.spaces.MultiDiscrete):
+        return {"type": "MultiDiscrete", "nvec": space.nvec.tolist(), "start": space.start.tolist()}
+    if isinstance(space, gym.spaces.Tuple):
+        return {"type": "Tuple", "spaces": [describe_space(subspace) for subspace in space.spaces]}
+    if isinstance(space, gym.spaces.Dict):
+        return {"type": "Dict", "spaces": {key: describe_space(subspace) for key, subspace in space.spaces.items()}}
+    raise UsageError(f"policy files hold Box, Discrete and MultiDiscrete spaces and Tuples and Dicts of them, "
+                     f"got {space}")
 
 
 def space_from_description(description: dict) -> gym.Space:
-    if description["type"] == "Discrete":
+    kind = description["type"]
+    if kind == "Discrete":
         return gym.spaces.Discrete(description["n"], start=description["start"])
+    if kind == "MultiDiscrete":
+        return gym.spaces.MultiDiscrete(description["nvec"], start=description["start"])
+    if kind == "Tuple":
+        return gym.spaces.Tuple([space_from_description(subspace) for subspace in description["spaces"]])
+    if kind == "Dict":
+        return gym.spaces.Dict({key: space_from_description(subspace)
+                                for key, subspace in description["spaces"].items()})
     shape, dtype = tuple(description["shape"]), np.dtype(description["dtype"])
     return gym.spaces.Box(np.asarray(description["low"], dtype=dtype).reshape(shape),
                           np.asarray(description["high"], dtype=dtype).reshape(shape), dtype=dtype)

@@ -103,6 +103,17 @@ def evaluate(agent, env: gym.Env, episodes: int, seed: int, device, frames: list
     return float(np.mean(episode_returns(agent, env, episodes, seed, device, frames)))
 
 
+def host_action(action, index: int | None = None):
+    """An agent's batched action (a tensor, or a tuple or dict of them for a composite space) as the NumPy
+    structure an environment takes: the whole batch, or environment `index`'s alone."""
+    if isinstance(action, tuple):
+        return tuple(host_action(part, index) for part in action)
+    if isinstance(action, dict):
+        return {key: host_action(part, index) for key, part in action.items()}
+    array = action.cpu().numpy()
+    return array if index is None else array[index]
+
+
 def episode_returns(agent, env: gym.Env, episodes: int, seed: int, device, frames: list | None = None) -> list[float]:
     """The return of each of `episodes` episodes of the deterministic policy, episode i reset with seed + i."""
     returns = []
@@ -113,7 +124,7 @@ def episode_returns(agent, env: gym.Env, episodes: int, seed: int, device, frame
         total, done = 0.0, False
         while not done:
             action = agent.act(torch.as_tensor(obs, dtype=torch.float32, device=device).unsqueeze(0), explore=False)
-            obs, reward, terminated, truncated, _ = env.step(action[0].cpu().numpy())
+            obs, reward, terminated, truncated, _ = env.step(host_action(action, 0))
             if frames is not None:
                 frames.append(env.render())
             total += float(reward)
@@ -264,7 +275,7 @@ def train(spec: RunSpec, on_eval: Callable[[int, float], bool] | None = None,
             if on_device:
                 next_obs, reward, terminated, truncated, _ = envs.step(action)
             else:
-                next_obs, reward, terminated, truncated, _ = envs.step(action.cpu().numpy())
+                next_obs, reward, terminated, truncated, _ = envs.step(host_action(action))
                 done_host = terminated | truncated
                 next_obs, reward = to_device(next_obs), to_device(reward)
                 terminated, truncated = to_device(terminated, torch.bool), to_device(truncated, torch.bool)

@@ -21,7 +21,12 @@ SMALL = {
 }
 BOX_OBS = gym.spaces.Box(-np.inf, np.inf, (3,), np.float32)
 BOX_ACTION = gym.spaces.Box(np.array([-2.0, 0.0], np.float32), np.array([2.0, 0.5], np.float32))
-SPACES = [(agent, BOX_ACTION) for agent in AGENTS] + [("ppo_baseline", gym.spaces.Discrete(3))]
+MIXED_ACTIONS = [  # what on-policy agents also take: a product of Box and discrete parts
+    gym.spaces.Tuple((gym.spaces.Discrete(2), BOX_ACTION)),
+    gym.spaces.Dict({"gear": gym.spaces.MultiDiscrete([3, 2], start=[1, 0]), "throttle": BOX_ACTION}),
+]
+SPACES = ([(agent, BOX_ACTION) for agent in AGENTS] + [("ppo_baseline", gym.spaces.Discrete(3))]
+          + [("ppo_baseline", space) for space in MIXED_ACTIONS])
 NUM_ENVS = 2
 
 
@@ -49,6 +54,42 @@ def drive(agent, steps, seed=123):
     return produced
 
 
+def parts(action):
+    """The tensors of an action in a fixed order: one tensor, or those of a tuple or dict of them."""
+    if isinstance(action, tuple):
+        return [t for part in action for t in parts(part)]
+    if isinstance(action, dict):
+        return [t for key in sorted(action) for t in parts(action[key])]
+    return [action]
+
+
+def same(a, b) -> bool:
+    return all(torch.equal(x, y) for x, y in zip(parts(a), parts(b), strict=True))
+
+
+def check_action(action, space) -> None:
+    """`action` holds NUM_ENVS actions, each in `space`, in the space's own structure."""
+    if isinstance(space, gym.spaces.Tuple):
+        assert isinstance(action, tuple) and len(action) == len(space.spaces)
+        for part, subspace in zip(action, space.spaces):
+            check_action(part, subspace)
+    elif isinstance(space, gym.spaces.Dict):
+        assert isinstance(action, dict) and list(action) == list(space.spaces)
+        for key, subspace in space.spaces.items():
+            check_action(action[key], subspace)
+    elif isinstance(space, gym.spaces.Discrete):
+        assert action.shape == (NUM_ENVS,) and action.dtype == torch.int64
+        assert bool(((action >= space.start) & (action < space.start + space.n)).all())
+    elif isinstance(space, gym.spaces.MultiDiscrete):
+        start = torch.as_tensor(space.start)
+        assert action.shape == (NUM_ENVS, *space.shape) and action.dtype == torch.int64
+        assert bool(((action >= start) & (action < start + torch.as_tensor(space.nvec))).all())
+    else:
+        low, high = torch.as_tensor(space.low), torch.as_tensor(space.high)
+        assert action.shape == (NUM_ENVS, *space.shape) and action.dtype == torch.float32
+        assert bool(((action >= low) & (action <= high)).all())
+
+
 def test_every_agent_is_covered():
     assert set(SMALL) == set(AGENTS)
 
@@ -59,14 +100,7 @@ def test_actions_have_the_right_shape_and_stay_in_bounds(agent_name, action_spac
     obs = torch.randn(NUM_ENVS, 3) * 100  # far outside anything seen: bounds must still hold
     drive(agent, 40)
     for explore in (True, False):
-        action = agent.act(obs, explore=explore)
-        if isinstance(action_space, gym.spaces.Discrete):
-            assert action.shape == (NUM_ENVS,) and action.dtype == torch.int64
-            assert bool(((action >= 0) & (action < action_space.n)).all())
-        else:
-            low, high = torch.as_tensor(action_space.low), torch.as_tensor(action_space.high)
-            assert action.shape == (NUM_ENVS, 2) and action.dtype == torch.float32
-            assert bool(((action >= low) & (action <= high)).all())
+        check_action(agent.act(obs, explore=explore), action_space)
 
 
 @pytest.mark.parametrize("agent_name,action_space", SPACES)
@@ -88,9 +122,9 @@ def test_evaluation_has_no_side_effects(agent_name, action_space):
     drive(untouched, 40)
     obs = torch.randn(NUM_ENVS, 3)
     first = evaluated.act(obs, explore=False)
-    assert torch.equal(first, evaluated.act(obs, explore=False))
+    assert same(first, evaluated.act(obs, explore=False))
     # No random draw, normaliser update or stored step: training goes on as if evaluation never happened.
-    assert torch.equal(evaluated.act(obs, explore=True), untouched.act(obs, explore=True))
+    assert same(evaluated.act(obs, explore=True), untouched.act(obs, explore=True))
     metrics_a, metrics_b = drive(evaluated, 20, seed=5), drive(untouched, 20, seed=5)
     assert [{k: float(v) for k, v in m.items()} for m in metrics_a] == \
            [{k: float(v) for k, v in m.items()} for m in metrics_b]
@@ -108,13 +142,13 @@ def test_checkpoint_round_trip_continues_exactly(agent_name, action_space, steps
     restored = build(agent_name, action_space, seed=99)  # different init and stream: all must come from state
     restored.load_state_dict(state)
     obs = torch.randn(NUM_ENVS, 3)
-    assert torch.equal(original.act(obs, explore=False), restored.act(obs, explore=False))
+    assert same(original.act(obs, explore=False), restored.act(obs, explore=False))
     # Training on from the checkpoint gives the same exploration, the same updates, the same policy.
     metrics_a, metrics_b = drive(original, 30, seed=2), drive(restored, 30, seed=2)
     assert len(metrics_a) == len(metrics_b) > 0
     for a, b in zip(metrics_a, metrics_b):  # the same keys too: nothing an update reports is lost
         assert {k: float(v) for k, v in a.items()} == {k: float(v) for k, v in b.items()}
-    assert torch.equal(original.act(obs, explore=True), restored.act(obs, explore=True))
+    assert same(original.act(obs, explore=True), restored.act(obs, explore=True))
 
 
 def tensors(state):

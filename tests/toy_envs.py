@@ -53,3 +53,23 @@ gym.register("Count-v0", entry_point=Count, max_episode_steps=5)
 gym.register("CountTerminate-v0", entry_point=Count, max_episode_steps=5, kwargs={"terminate_at": 3})
 gym.register("Crash-v0", entry_point=Count, max_episode_steps=50, kwargs={"crash_at": 40})
 gym.register("DieOnce-v0", entry_point=DieOnce, max_episode_steps=50, kwargs={"die_at": 160})
+
+
+class StructuredActions(Count):
+    """Count's episodes, taking a Dict of a Box, a Discrete and a MultiDiscrete; every action received is kept
+    (class-wide, as the runner builds its own instances) and must lie in the space."""
+    received: list = []
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.action_space = gym.spaces.Dict({
+            "push": gym.spaces.Box(-1.0, 1.0, (2,), np.float32), "gear": gym.spaces.Discrete(3, start=1),
+            "valves": gym.spaces.MultiDiscrete([2, 2])})
+
+    def step(self, action):
+        assert self.action_space.contains(action), action
+        StructuredActions.received.append(action)
+        return super().step(0)
+
+
+gym.register("StructuredActions-v0", entry_point=StructuredActions, max_episode_steps=5)
