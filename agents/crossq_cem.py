@@ -44,7 +44,8 @@ seeds 0-2): with the precise search the greedy a' finds the critics' sharpest pe
 high, and nothing (no target network, no actor's averaging) damps them. Without smoothing the final returns were
 3648, 2225, 3066 (mean 2980, 61% of crossq's 4923 on the same seeds); with it 3824, 3415, 3388 (mean 3543, 72%).
 TD3's exploration noise as well (0.1 in place of 0.2) was worse: at 16,000 steps 3110, 3085, 2220 against 3509,
-3230, 2887.
+3230, 2887. A wider search when acting (128 candidates, 8 elites, 4 iterations) was worse on seed 1:
+3192 against 3415 at 20,000 steps.
 
 Cost: the targets score batch_size * (population * iterations + ascent_steps + 2) (state, action) pairs per
 update, the ascent's with a backward pass; every step of a batch of states is a few tensor operations on

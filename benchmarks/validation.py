@@ -174,7 +174,7 @@ def plan(args, root: Path) -> list[dict]:
 
 
 def table(jobs: list[dict]) -> str:
-    rows = ["| group | environment | steps | contender | settings | seeds | IQM final return | 95% CI | vs peer |",
+    rows = ["| group | environment | steps | contender | settings | seeds | IQM final return | 95% CI | vs peer: IQM - peer's (share of its magnitude) |",
             "|---|---|---|---|---|---|---|---|---|"]
     cells: dict = {}
     for job in jobs:
@@ -190,7 +190,9 @@ def table(jobs: list[dict]) -> str:
         if finals:
             value, low, high = stratified_bootstrap_ci(finals)
             figures = f"{value:.1f} | [{low:.1f}, {high:.1f}]"
-            ratio = f"{value / peer:.2f}x" if peer and contender != PEER[group] else "-"
+            # A difference, not a ratio: returns may be negative (LunarLander's early ones are).
+            ratio = (f"{value - peer:+.1f} ({(value - peer) / abs(peer):+.0%})" if peer and contender != PEER[group]
+                     else "-")
         else:
             figures, ratio = "- | -", "-"
         rows.append(f"| {group} | {env} | {steps} | {contender} | {settings if settings != '{}' else 'defaults'} | "

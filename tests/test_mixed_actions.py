@@ -13,7 +13,7 @@ from envs.hybrid import ENERGY_COST
 from lab import UsageError
 from lab.policy import load_policy, save_policy
 from lab.rollout import RunSpec, train
-from tests.test_learn_simple import learn_simple
+from tests.test_learn_simple import learn_simple, run_script
 
 OBS = gym.spaces.Box(-np.inf, np.inf, (3,), np.float32)
 MIXED = gym.spaces.Tuple((gym.spaces.Box(-1.0, 1.0, (2,), np.float32), gym.spaces.Discrete(3),
@@ -129,3 +129,11 @@ def test_one_a2c_update_is_the_plain_policy_gradient():
                       torch.tensor([False, False]), torch.tensor([False, False]))
     metrics = agent.update()
     assert float(metrics["clipfrac"]) == 0.0 and float(metrics["approx_kl"]) == pytest.approx(0.0, abs=1e-7)
+
+
+def test_the_hybrid_actions_benchmark_prints_its_table(tmp_path):
+    result = run_script("benchmarks/hybrid_actions.py", tmp_path, "--seeds", "1", "--steps", "300", "--name", "smoke")
+    assert result.returncode == 0, result.stderr
+    table = result.stdout[result.stdout.index("| policy |"):].strip().splitlines()
+    assert len(table) == 5 and table[2].startswith("| ppo_baseline | Tuple(Discrete(2), Box([-1, 1]))")
+    assert all(row.endswith("| 1 |") for row in table[2:4]) and table[4].endswith("| 100 |")
