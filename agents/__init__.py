@@ -13,12 +13,15 @@ Each agent is one module in this package that defines
     agent.observe(next_obs, reward, terminated, truncated)   # the outcome of the last act(explore=True)
     metrics = agent.update()                  # learns if it is time to; a dict of 0-d tensors, or None
     agent.diagnostics()                       # costlier health figures (dormant neurons...), for logging steps
+    agent.reset_evaluation()                  # optional, for an agent whose acting has a state (a memory): the
+                                              # next act(explore=False) starts an evaluation episode afresh
     state = agent.state_dict(); agent.load_state_dict(state)  # everything needed to resume exactly
     policy = agent.policy_state_dict(); agent.load_policy_state_dict(policy)  # the networks only (and what
                                               # acting needs besides, e.g. PPO's observation statistics)
 
 `next_obs` given to `observe` is the true observation that followed the action, also when the episode
-ended (then the runner resets the environment and passes the reset observation to the next `act`).
+ended (then the runner resets the environment and passes the reset observation to the next `act`): an agent
+with a memory resets it from `observe`'s flags, for training; evaluation tells it by `reset_evaluation()`.
 `terminated` means the MDP ended (no bootstrap); `truncated` means a time limit cut it (bootstrap).
 """
 
@@ -31,7 +34,7 @@ import typing
 
 from lab import UsageError
 
-AGENTS = ("sac_baseline", "ppo_baseline", "crossq", "sac_crossq_bro", "crossq_cem")
+AGENTS = ("sac_baseline", "ppo_baseline", "ppo_recurrent", "crossq", "sac_crossq_bro", "crossq_cem")
 ALIASES = {"sac_crossq": "crossq"}  # the seed's names the runners accept
 
 

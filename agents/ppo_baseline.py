@@ -266,17 +266,19 @@ class ActorCritic(nn.Module):
 
 class Agent:
     """PPO: collect `num_steps` transitions per environment, then `update_epochs` passes of clipped updates."""
+    hyperparameters = Hyperparameters  # what a subclass (agents/ppo_recurrent.py) extends
+    sequence_length = 1  # consecutive steps of one environment that the update replays as one; 1: steps alone
 
     def __init__(self, observation_space, action_space, num_envs: int = 1, device="cpu", seed: int = 0,
                  total_steps: int = 100_000, **overrides):
-        self.h = h = Hyperparameters(**overrides)
+        self.h = h = self.hyperparameters(**overrides)
         h.check()
         self.device, self.num_envs = torch.device(device), num_envs
         obs_dim = math.prod(observation_shape(observation_space))
         self.layout = ActionLayout(action_space, self.device)
 
         torch.manual_seed(seed)  # only the initialisation draws from the global stream
-        self.network = ActorCritic(obs_dim, self.layout, h.hidden_size).to(self.device)
+        self.network = self.make_network(obs_dim).to(self.device)
         self.params = list(self.network.parameters())  # a list: clip_grad_norm_ is slower given a generator
         # fused: one kernel steps every parameter (4x faster than the default on a CPU, same update).
         self.optimizer = (torch.optim.Adam(self.params, lr=h.learning_rate, eps=1e-5, fused=True)
@@ -288,7 +290,6 @@ class Agent:
         self.returns = torch.zeros(num_envs, device=self.device)  # discounted return so far, per env, for norm_reward
 
         self.batch_size = h.num_steps * num_envs
-        self.minibatch_size = max(1, self.batch_size // h.num_minibatches)
         self.num_iterations = max(1, total_steps // self.batch_size)
         self.iteration = 1  # the rollout being collected, counted from 1 as in CleanRL's schedule
         self.step = 0  # position in the rollout
@@ -303,13 +304,21 @@ class Agent:
             "next_obs": torch.zeros(*shape, obs_dim, device=self.device),  # the true next observation, normalised
         }
 
-    @torch.inference_mode()
-    def act(self, obs: torch.Tensor, explore: bool = True) -> torch.Tensor:
-        x = obs.reshape(obs.shape[0], -1).float()  # [num_envs, obs_dim]
+    def make_network(self, obs_dim: int) -> nn.Module:
+        return ActorCritic(obs_dim, self.layout, self.h.hidden_size)
+
+    def normalized_obs(self, obs: torch.Tensor, explore: bool) -> torch.Tensor:
+        """obs [B, *obs_shape] -> [B, obs_dim], normalised when norm_obs (as the policy sees it)."""
+        x = obs.reshape(obs.shape[0], -1).float()
         if self.h.norm_obs:
             if explore:  # the statistics follow the data collected, never evaluation
                 self.obs_rms.update(x)
             x = self.obs_rms.normalize(x)
+        return x
+
+    @torch.inference_mode()
+    def act(self, obs: torch.Tensor, explore: bool = True) -> torch.Tensor:
+        x = self.normalized_obs(obs, explore)  # [num_envs, obs_dim]
         out = self.network.actor_mean(x)
         if not explore:
             return self.layout.to_env(self.network.mode(out))
@@ -348,27 +357,27 @@ class Agent:
         self.iteration += 1
 
         with torch.no_grad():
-            # The networks have not changed since they acted on this rollout, so its log-probs and values are
-            # computed now in one batch: the numbers act() would have stored, for a fraction of the time.
-            logprobs = self.network.log_prob(self.network.actor_mean(r["obs"]), r["actions"])  # [T, N]
-            values = self.network.critic(r["obs"]).squeeze(-1)  # [T, N]
-            advantages = self.compute_advantages(values)
-        b_obs, b_actions, b_logprobs = r["obs"].flatten(0, 1), r["actions"].flatten(0, 1), logprobs.flatten()
-        b_advantages, b_values = advantages.flatten(), values.flatten()
-        b_returns = b_advantages + b_values  # the value target
-        batch = (b_obs, b_actions, b_logprobs, b_advantages, b_values, b_returns)
+            logprobs, values, next_obs_values = self.rollout_estimates()  # [T, N] each
+            advantages = self.compute_advantages(values, next_obs_values)
+        # The batch as sequences [S, L, ...] of L = sequence_length consecutive steps of one environment,
+        # S = T * N / L; with L = 1 every step is a sequence of its own, in the rollout's order.
+        batch = {**self.replay_inputs(), "actions": self.sequences(r["actions"]),
+                 "logprobs": self.sequences(logprobs), "advantages": self.sequences(advantages),
+                 "values": self.sequences(values), "returns": self.sequences(advantages + values)}  # the value target
+        num_sequences = self.batch_size // self.sequence_length
+        per_minibatch = max(1, num_sequences // h.num_minibatches)
 
         clipped, num_minibatches = torch.zeros((), device=self.device), 0
         for _ in range(h.update_epochs):
             # Minibatches are consecutive slices of a random permutation, as in CleanRL; permuting the whole
-            # batch once per epoch turns each minibatch into views rather than six gathers.
-            permutation = torch.randperm(self.batch_size, generator=self.generator, device=self.device)
-            shuffled = [x[permutation] for x in batch]
-            for start in range(0, self.batch_size, self.minibatch_size):
-                mb_obs, mb_actions, mb_logprobs, mb_advantages, mb_values, mb_returns = (
-                    x[start:start + self.minibatch_size] for x in shuffled)
-                out = self.network.actor_mean(mb_obs)
-                logratio = self.network.log_prob(out, mb_actions) - mb_logprobs
+            # batch once per epoch turns each minibatch into views rather than a gather per tensor.
+            permutation = torch.randperm(num_sequences, generator=self.generator, device=self.device)
+            shuffled = {name: x[permutation] for name, x in batch.items()}
+            for start in range(0, num_sequences, per_minibatch):
+                mb = {name: x[start:start + per_minibatch] for name, x in shuffled.items()}
+                mb_advantages, mb_values, mb_returns = mb["advantages"], mb["values"], mb["returns"]
+                out, new_value = self.replay(mb)  # [n, L, outputs], [n, L]
+                logratio = self.network.log_prob(out, mb["actions"]) - mb["logprobs"]
                 ratio = logratio.exp()
                 with torch.no_grad():
                     clipped += ((ratio - 1.0).abs() > h.clip_coef).float().mean()
@@ -381,7 +390,6 @@ class Agent:
                 pg_loss = torch.max(-mb_advantages * ratio,
                                     -mb_advantages * ratio.clamp(1 - h.clip_coef, 1 + h.clip_coef)).mean()
 
-                new_value = self.network.critic(mb_obs).squeeze(-1)
                 v_loss = (new_value - mb_returns).square()
                 if h.clip_vloss:
                     v_clipped = mb_values + (new_value - mb_values).clamp(-h.clip_coef, h.clip_coef)
@@ -399,8 +407,8 @@ class Agent:
             if h.target_kl > 0 and approx_kl.item() > h.target_kl:  # the only host read, and only when asked
                 break
 
-        var_returns = b_returns.var()
-        explained_var = 1 - (b_returns - b_values).var() / var_returns
+        var_returns = batch["returns"].var()
+        explained_var = 1 - (batch["returns"] - batch["values"]).var() / var_returns
         return {"policy_loss": pg_loss.detach(), "value_loss": v_loss.detach(), "entropy": entropy.detach(),
                 "approx_kl": approx_kl, "clipfrac": clipped / num_minibatches,
                 # 0 rather than CleanRL's NaN for constant returns: the runner takes a NaN metric for divergence.
@@ -413,16 +421,37 @@ class Agent:
         self.network.actor_mean.compile(mode=mode, dynamic=False)
         self.network.critic.compile(mode=mode, dynamic=False)
 
-    def compute_advantages(self, values: torch.Tensor) -> torch.Tensor:
+    def rollout_estimates(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """log pi(a_t | s_t), V(s_t) and V(true s_{t+1}) over the rollout, [T, N] each. The networks have not
+        changed since they acted on it, so they are computed now in one batch: the numbers act() would have
+        stored, for a fraction of the time."""
+        r = self.rollout
+        logprobs = self.network.log_prob(self.network.actor_mean(r["obs"]), r["actions"])
+        return (logprobs, self.network.critic(r["obs"]).squeeze(-1),
+                self.network.critic(r["next_obs"]).squeeze(-1))
+
+    def sequences(self, x: torch.Tensor) -> torch.Tensor:
+        """A rollout tensor [T, N, ...] as sequences [T / L * N, L, ...] of L = sequence_length steps of one
+        environment, ordered by start time, then environment (for L = 1, the order of x.flatten(0, 1))."""
+        return x.unflatten(0, (-1, self.sequence_length)).transpose(1, 2).flatten(0, 1)
+
+    def replay_inputs(self) -> dict[str, torch.Tensor]:
+        """What `replay` needs from the rollout, as sequences [S, ...]."""
+        return {"obs": self.sequences(self.rollout["obs"])}
+
+    def replay(self, mb: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The actor's outputs and the values for a minibatch of sequences, [n, L, outputs] and [n, L]."""
+        return self.network.actor_mean(mb["obs"]), self.network.critic(mb["obs"]).squeeze(-1)
+
+    def compute_advantages(self, values: torch.Tensor, next_obs_values: torch.Tensor) -> torch.Tensor:
         """GAE (Schulman et al. 2015, eq. 16) over the rollout, by the backward recursion
             delta_t = r_t + gamma * V(s_{t+1}) * (1 - done_t) - V(s_t)
             A_t     = delta_t + gamma * lambda * (1 - done_t) * A_{t+1}
         with done_t = terminated_t or truncated_t, and V(s_{t+1}) the next step's value, or for the rollout's
         last step the value of the observation that followed it (CleanRL's next_value). A step truncated by a
         time limit did not end the MDP: its r_t gets gamma * V(true next obs), so the cut still bootstraps.
-        `values` V(s_t) and the advantages are [num_steps, num_envs]."""
+        `values` V(s_t), `next_obs_values` V(true s_{t+1}) and the advantages are [num_steps, num_envs]."""
         r, gamma = self.rollout, self.h.gamma
-        next_obs_values = self.network.critic(r["next_obs"]).squeeze(-1)  # [T, N]
         rewards = r["rewards"] + gamma * next_obs_values * (r["truncated"] & ~r["terminated"])
         next_values = torch.cat([values[1:], next_obs_values[-1:]])  # V(s_{t+1}), [T, N]
         not_done = (~(r["terminated"] | r["truncated"])).float()

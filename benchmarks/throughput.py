@@ -39,6 +39,7 @@ SAC_WARMUP, SAC_STEPS, PPO_STEPS = 1000, 6000, 20480
 CROSSQ_START, CROSSQ_END = 1300, 2600
 PPO_VECTORISED_ENVS = 16
 PPO_VECTORISED_STEPS = 2 * PPO_VECTORISED_ENVS * 2048  # two rollouts of the 16 environments at num_steps 2048
+ON_POLICY = ("ppo_baseline", "ppo_recurrent")  # timed over PPO_STEPS, as PPO
 AGENT_STEPS = 500  # timed steps per off-policy agent in the `agents` group (the slowest take ~0.2 s a step)
 # The lab's PPO with SB3's defaults: no normalisation wrappers, no value clipping.
 PPO_AS_SB3 = {"norm_obs": False, "norm_reward": False, "clip_vloss": False}
@@ -93,7 +94,7 @@ def lab_ppo_envs(agent: str, num_envs: int, seed: int) -> float:
 def lab_agent(spec: str, seed: int, settings: dict | None = None) -> float:
     """Any lab agent with its defaults (and `settings`); off-policy ones timed over AGENT_STEPS after learning
     starts."""
-    if spec == "ppo_baseline":
+    if spec in ON_POLICY:
         return timed_lab_run({"agent": spec, "env": ENV, "seed": seed, "steps": PPO_STEPS}, (0, PPO_STEPS))
     return timed_lab_run({"agent": spec, "env": ENV, "seed": seed, "steps": SAC_WARMUP + AGENT_STEPS,
                           "eval_every": AGENT_STEPS, "settings": {"learning_starts": SAC_WARMUP, **(settings or {})}},

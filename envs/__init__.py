@@ -7,11 +7,12 @@ import importlib
 import gymnasium as gym
 
 from agents import closest
-from envs import hybrid, torch_envs
+from envs import hybrid, partial, torch_envs
 from lab import UsageError
 
 torch_envs.register()  # the batched torch environments, selectable by name like any other
 hybrid.register()  # the lab's environment with hybrid (discrete and continuous) actions
+partial.register()  # partially observable tasks: the velocities removed from the observation
 
 # Default training budget (environment steps) per environment: what a full run of a typical agent needs to
 # get close to its plateau. The runners use it when --steps is not given.
@@ -38,6 +39,11 @@ DEFAULT_STEPS = {
     "TorchCartPoleContinuous-v0": 100_000,
     "HybridCartPole-v0": 100_000,
     "HybridCartPoleRelaxed-v0": 100_000,
+    "CartPoleNoVel-v1": 100_000,
+    "PendulumNoVel-v1": 200_000,
+    "MountainCarContinuousNoVel-v0": 100_000,
+    "LunarLanderNoVel-v3": 1_000_000,
+    "LunarLanderContinuousNoVel-v3": 1_000_000,
 }
 FALLBACK_STEPS = 100_000
 
@@ -50,6 +56,9 @@ SUITES = {
     "box2d": {name: DEFAULT_STEPS[name] for name in ("LunarLanderContinuous-v3", "BipedalWalker-v3")},
     "mujoco": {name: DEFAULT_STEPS[name] for name in ("HalfCheetah-v5", "Hopper-v5", "Walker2d-v5", "Ant-v5",
                                                       "Humanoid-v5")},
+    # For agents with memory (ppo_recurrent): the velocities removed from the observation (envs/partial.py).
+    "partial": {name: DEFAULT_STEPS[name] for name in ("CartPoleNoVel-v1", "PendulumNoVel-v1",
+                                                       "LunarLanderContinuousNoVel-v3")},
 }
 
 

@@ -117,7 +117,10 @@ def host_action(action, index: int | None = None):
 def episode_returns(agent, env: gym.Env, episodes: int, seed: int, device, frames: list | None = None) -> list[float]:
     """The return of each of `episodes` episodes of the deterministic policy, episode i reset with seed + i."""
     returns = []
+    reset_memory = getattr(agent, "reset_evaluation", None)  # only an agent with a memory has one
     for episode in range(episodes):
+        if reset_memory is not None:
+            reset_memory()
         obs, _ = env.reset(seed=seed + episode)
         if frames is not None:
             frames.append(env.render())

@@ -13,6 +13,8 @@ from agents import AGENTS, make_agent
 SMALL = {
     "sac_baseline": {"learning_starts": 16, "batch_size": 8, "hidden_size": 16},
     "ppo_baseline": {"num_steps": 16, "num_minibatches": 2, "update_epochs": 2, "hidden_size": 8},
+    "ppo_recurrent": {"num_steps": 16, "num_minibatches": 2, "update_epochs": 2, "hidden_size": 8,
+                      "memory_size": 8, "sequence_length": 4},
     "crossq": {"learning_starts": 16, "batch_size": 8, "critic_hidden": 16, "actor_hidden": 16},
     # reset_every 9: the checkpoint and seeding tests also cover resets.
     "sac_crossq_bro": {"learning_starts": 16, "batch_size": 8, "critic_hidden": 16, "actor_hidden": 16,
@@ -25,8 +27,9 @@ MIXED_ACTIONS = [  # what on-policy agents also take: a product of Box and discr
     gym.spaces.Tuple((gym.spaces.Discrete(2), BOX_ACTION)),
     gym.spaces.Dict({"gear": gym.spaces.MultiDiscrete([3, 2], start=[1, 0]), "throttle": BOX_ACTION}),
 ]
-SPACES = ([(agent, BOX_ACTION) for agent in AGENTS] + [("ppo_baseline", gym.spaces.Discrete(3))]
-          + [("ppo_baseline", space) for space in MIXED_ACTIONS])
+ON_POLICY = ("ppo_baseline", "ppo_recurrent")
+SPACES = ([(agent, BOX_ACTION) for agent in AGENTS] + [(agent, gym.spaces.Discrete(3)) for agent in ON_POLICY]
+          + [(agent, space) for agent in ON_POLICY for space in MIXED_ACTIONS])
 NUM_ENVS = 2
 
 
@@ -115,14 +118,21 @@ def test_update_returns_finite_metric_tensors_only_when_it_learns(agent_name, ac
         assert all(torch.isfinite(v) for v in metrics.values())
 
 
+def evaluation_start(agent, obs):
+    """The deterministic action that starts an evaluation episode (from an empty memory, for an agent with one)."""
+    if hasattr(agent, "reset_evaluation"):
+        agent.reset_evaluation()
+    return agent.act(obs, explore=False)
+
+
 @pytest.mark.parametrize("agent_name,action_space", SPACES)
 def test_evaluation_has_no_side_effects(agent_name, action_space):
     evaluated, untouched = build(agent_name, action_space), build(agent_name, action_space)
     drive(evaluated, 40)
     drive(untouched, 40)
     obs = torch.randn(NUM_ENVS, 3)
-    first = evaluated.act(obs, explore=False)
-    assert same(first, evaluated.act(obs, explore=False))
+    first = evaluation_start(evaluated, obs)
+    assert same(first, evaluation_start(evaluated, obs))
     # No random draw, normaliser update or stored step: training goes on as if evaluation never happened.
     assert same(evaluated.act(obs, explore=True), untouched.act(obs, explore=True))
     metrics_a, metrics_b = drive(evaluated, 20, seed=5), drive(untouched, 20, seed=5)

@@ -13,8 +13,8 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tests.test_learn_simple import ROOT, run_script
 
 # Every agent, small: the quick presets, and PPO's vectorised one (its defaults would not update in this budget).
-AGENTS = ["sac_baseline:quick", "ppo_baseline:vectorised", "crossq:quick", "sac_crossq_bro:quick",
-          "crossq_cem:quick"]
+AGENTS = ["sac_baseline:quick", "ppo_baseline:vectorised", "ppo_recurrent:vectorised", "crossq:quick",
+          "sac_crossq_bro:quick", "crossq_cem:quick"]
 
 
 def learn_vectorised(cwd, *args, timeout=300):

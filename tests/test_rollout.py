@@ -112,6 +112,8 @@ SAC_SMALL = {"learning_starts": 200, "hidden_size": 32}
     ("ppo_baseline", {"num_steps": 128, "num_minibatches": 4}, "Pendulum-v1", 1, "sync"),
     ("sac_baseline", SAC_SMALL, "Pendulum-v1", 3, "async"),
     ("ppo_baseline", {"num_steps": 32, "num_minibatches": 4}, "TorchPendulum-v0", 4, "sync"),
+    ("ppo_recurrent", {"num_steps": 128, "num_minibatches": 4}, "Pendulum-v1", 1, "sync"),
+    ("ppo_recurrent", {"num_steps": 32, "num_minibatches": 4}, "TorchPendulum-v0", 4, "sync"),
 ])
 def test_resume_from_checkpoint_continues_exactly(tmp_path, agent, settings, env, num_envs, vectorisation):
     common = dict(agent=agent, env=env, seed=1, steps=1000, eval_every=200, eval_episodes=2, settings=settings,

@@ -73,3 +73,34 @@ class StructuredActions(Count):
 
 
 gym.register("StructuredActions-v0", entry_point=StructuredActions, max_episode_steps=5)
+
+
+class Remember(gym.Env):
+    """A memory task: the first observation shows a cue (-1 or +1, flagged by a second entry of 1), every later
+    one is zero; each of the 4 steps after the first rewards the action that names the cue (Discrete: 1 for +1,
+    0 for -1; Box: reward 1 - |action - cue|). Only an agent that remembers its episode's first observation
+    earns the full 4 per episode; one without memory earns 2 on average."""
+
+    def __init__(self, continuous: bool = False):
+        self.observation_space = gym.spaces.Box(-1.0, 1.0, (2,), np.float32)
+        self.action_space = gym.spaces.Box(-1.0, 1.0, (1,), np.float32) if continuous else gym.spaces.Discrete(2)
+        self.continuous, self.cue, self.t = continuous, 1.0, 0
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.cue, self.t = float(self.np_random.choice([-1.0, 1.0])), 0
+        return np.array([self.cue, 1.0], np.float32), {}
+
+    def step(self, action):
+        self.t += 1
+        if self.t == 1:  # the action taken while the cue is in sight earns nothing: only recall does
+            reward = 0.0
+        elif self.continuous:
+            reward = 1.0 - abs(float(np.asarray(action).item()) - self.cue)
+        else:
+            reward = float(int(action) == (self.cue > 0))
+        return np.zeros(2, np.float32), reward, False, False, {}
+
+
+gym.register("Remember-v0", entry_point=Remember, max_episode_steps=5)
+gym.register("RememberContinuous-v0", entry_point=Remember, max_episode_steps=5, kwargs={"continuous": True})
