@@ -33,12 +33,13 @@ def stored_transitions(agent_name, agent):
     if agent_name == "sac_baseline":
         size = agent.buffer.size
         return agent.buffer.next_obs[:size, 0], agent.buffer.terminated[:size].bool(), None
-    rollout = agent.rollout  # ppo_baseline, with norm_obs off so observations are stored as they came
+    rollout = agent.rollout  # PPO's, with norm_obs off so observations are stored as they came
     return (rollout["next_obs"][..., 0].flatten(), rollout["terminated"].flatten(),
             rollout["truncated"].flatten())
 
 
-STORING = {"sac_baseline": {"learning_starts": 1000}, "ppo_baseline": {"num_steps": 40, "norm_obs": False}}
+STORING = {"sac_baseline": {"learning_starts": 1000}, "ppo_baseline": {"num_steps": 40, "norm_obs": False},
+           "ppo_recurrent": {"num_steps": 40, "norm_obs": False, "sequence_length": 8}}
 
 
 @pytest.mark.parametrize("agent", list(STORING))
@@ -53,7 +54,7 @@ def test_agents_see_the_true_final_observation_and_only_real_terminations(monkey
     train(quiet(agent=agent, env=env, seed=0, steps=39 * num_envs, eval_episodes=1, settings=STORING[agent],
                 num_envs=num_envs, vectorisation=vectorisation))
     next_t, terminated, truncated = stored_transitions(agent, made[0])
-    if agent == "ppo_baseline":  # [40, num_envs] slots, the last row not filled yet
+    if agent != "sac_baseline":  # PPO's [40, num_envs] slots, the last row not filled yet
         keep = torch.arange(40 * num_envs) < 39 * num_envs
         next_t, terminated, truncated = next_t[keep], terminated[keep], truncated[keep]
     ends = next_t == final_t
@@ -73,6 +74,9 @@ VALUE_SETTINGS = {
                      "batch_size": 64},
     "ppo_baseline": {"gamma": 0.9, "norm_obs": False, "norm_reward": False, "anneal_lr": False,
                      "learning_rate": 1e-3, "num_steps": 64, "num_minibatches": 4},
+    # Its bootstrap goes through one more step of the memory, from the state the cut step ended in.
+    "ppo_recurrent": {"gamma": 0.9, "norm_obs": False, "norm_reward": False, "anneal_lr": False,
+                      "learning_rate": 1e-3, "num_steps": 64, "num_minibatches": 4},
 }
 
 
@@ -81,6 +85,9 @@ def first_state_value(agent_name, agent) -> float:
     with torch.no_grad():
         if agent_name == "sac_baseline":
             return float(agent.critic(obs, agent.act(obs, explore=False)).min())
+        if agent_name == "ppo_recurrent":  # at an episode's start: from an empty memory
+            features, _ = agent.network.remember(obs, torch.zeros(1, agent.network.state_size))
+            return float(agent.network.critic(features))
         return float(agent.network.critic(obs))
 
 
