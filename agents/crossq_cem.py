@@ -25,8 +25,7 @@ What changes from crossq:
 - exploration: Gaussian noise of std `exploration_noise` (in the rescaled space) on the answer, clipped;
 - the TD target has no entropy term, and smooths the search's answer as TD3 smooths its target policy:
       y = r + gamma * (1 - terminated) * min_i Q_i(s', clip(argmax(s') + clip(eps, -c, c), -1, 1)),
-      eps ~ N(0, target_noise^2), c = target_noise_clip (0.3 and TD3's 0.5; TD3's noise is 0.2, see below);
-      QT-Opt has no such noise.
+      eps ~ N(0, target_noise^2), c = target_noise_clip (TD3's 0.2 and 0.5); QT-Opt has no such noise.
 The critics' update itself, the joint (s, s') pass in training mode, is crossq's `critic_step`.
 
 Why CEM and ascent, chosen by measurement (tests/test_crossq.py holds the check): on a concave score maximised at
@@ -43,10 +42,9 @@ the ascent supplies the precision that sampling cannot.
 Why the smoothing, measured (benchmarks/validation.py's task: HalfCheetah-v5, 20,000 steps, critics 128 wide,
 seeds 0-2): with the precise search the greedy a' finds the critics' sharpest peaks, which their errors make too
 high, and nothing (no target network, no actor's averaging) damps them. Without smoothing the final returns were
-3648, 2225, 3066 (mean 2980, 61% of crossq's 4923 on the same seeds); with TD3's noise of 0.2 3824, 3415, 3388
-(mean 3543, 72%); with 0.3, the default, seed 1 reached 4006 (3415 with 0.2; at 4000 to 16,000 steps 766, 1803,
-2669, 3563 against 367, 1736, 2169, 3230): a wider smoothing stands in for the averaging over a stochastic
-policy that SAC's and crossq's targets have. TD3's exploration noise as well (0.1 in place of 0.2) was worse: at 16,000 steps 3110, 3085, 2220 against 3509,
+3648, 2225, 3066 (mean 2980, 61% of crossq's 4923 on the same seeds); with it 3824, 3415, 3388 (mean 3543, 72%).
+A wider smoothing (noise 0.3) was worse: 3384, 4006, 2282 (mean 3224). TD3's exploration noise as well (0.1 in
+place of 0.2) was worse: at 16,000 steps 3110, 3085, 2220 against 3509,
 3230, 2887. A wider search when acting (128 candidates, 8 elites, 4 iterations) was worse on seed 1:
 3192 against 3415 at 20,000 steps.
 
@@ -88,7 +86,7 @@ class Hyperparameters(HyperparametersBase):
     ascent_lr: float = 0.1  # Rprop's first step in each coordinate, in the scaled range
     warm_start: bool = True  # when exploring, start CEM from the previous step's answer in that environment
     exploration_noise: float = 0.2  # std of the Gaussian noise on the action when exploring, scaled range
-    target_noise: float = 0.3  # std of the noise on the target's a', scaled range (TD3's smoothing: 0.2); 0: none
+    target_noise: float = 0.2  # std of the noise on the target's a', scaled range (TD3's smoothing); 0: none
     target_noise_clip: float = 0.5  # that noise is clipped to +-this (TD3's)
     bn_momentum: float = 0.01  # rate at which BatchRenorm's running statistics follow the batches
     bn_warmup: int = 100_000  # training passes of plain BatchNorm before renormalisation starts
