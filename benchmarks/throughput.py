@@ -4,6 +4,7 @@
     python benchmarks/throughput.py --only sac --repeats 1
     python benchmarks/throughput.py --only agents --repeats 1   # every lab agent with its defaults
     python benchmarks/throughput.py --only vectorised           # PPO on 16 environments vs on one
+    python benchmarks/throughput.py --only memory               # ppo_recurrent beside ppo_baseline
 
 Each measurement is a fresh process pinned to one core with one torch thread (as a learn_simple worker is),
 and the repeats of all contenders are interleaved so that drifts in machine load hit them alike. Settings
@@ -11,7 +12,8 @@ mirror each other (see CONTENDERS); the `agents` group times every lab agent wit
 timed from the end of its warm-up (step 1000) to step 6000, PPO over its whole 20480 steps. The `vectorised`
 group times the lab's PPO (its defaults) as a learn_simple worker runs it, on one environment, against
 learn_vectorised's loop on 16 synchronous copies, both on one core, over 65536 steps (two rollouts of the
-16 copies), and the `vectorised` preset on the 16 copies beside them. `--scaling` also
+16 copies), and the `vectorised` preset on the 16 copies beside them. The `memory` group times ppo_recurrent
+(LSTM, 64 wide, sequences of 16 steps) beside ppo_baseline, both with their defaults, as learn_simple runs them. `--scaling` also
 times one learn_simple-style worker alone against two at once on two cores. The peers are no dependencies of
 the lab: `pip install stable-baselines3 sbx-rl` to include them.
 """
@@ -153,6 +155,8 @@ CONTENDERS = {
                # What crossq_cem's gradient ascent costs: its search with CEM alone, as before the ascent.
                "lab crossq_cem, CEM alone": functools.partial(lab_agent, "crossq_cem",
                                                               settings={"ascent_steps": 0, "init_std": 0.5})},
+    "memory": {"lab ppo_baseline": functools.partial(lab_agent, "ppo_baseline"),
+               "lab ppo_recurrent": functools.partial(lab_agent, "ppo_recurrent")},
     "vectorised": {
         "lab ppo_baseline 1 env": functools.partial(lab_ppo_envs, "ppo_baseline", 1),
         f"lab ppo_baseline {PPO_VECTORISED_ENVS} envs": functools.partial(lab_ppo_envs, "ppo_baseline",
@@ -161,7 +165,8 @@ CONTENDERS = {
             lab_ppo_envs, "ppo_baseline:vectorised", PPO_VECTORISED_ENVS)},
 }
 # What each group's ratios are relative to: the peer, or for `vectorised` the single environment.
-REFERENCE = {"sac": "SB3 SAC", "ppo": "SB3 PPO", "crossq": "SBX CrossQ", "vectorised": "lab ppo_baseline 1 env"}
+REFERENCE = {"sac": "SB3 SAC", "ppo": "SB3 PPO", "crossq": "SBX CrossQ", "vectorised": "lab ppo_baseline 1 env",
+             "memory": "lab ppo_baseline"}
 SETTINGS = {
     "sac": f"256x256, batch 256, 1 update per step, learning starts {SAC_WARMUP}, timed steps {SAC_WARMUP}-{SAC_STEPS}",
     "ppo": f"1 env, 2048 steps/rollout, 10 epochs, minibatch 64, 64x64 tanh, {PPO_STEPS} steps",
@@ -169,6 +174,7 @@ SETTINGS = {
               f"{SAC_WARMUP}, timed steps {CROSSQ_START}-{CROSSQ_END}",
     "agents": f"the agent's defaults; off-policy: learning starts {SAC_WARMUP}, timed steps {SAC_WARMUP}-"
               f"{SAC_WARMUP + AGENT_STEPS}; ppo: {PPO_STEPS} steps",
+    "memory": f"1 env, the defaults (rollouts of 2048 steps, 32 minibatches, 10 epochs), {PPO_STEPS} steps",
     "vectorised": f"synchronous envs, {PPO_VECTORISED_STEPS} steps; ppo_baseline: the defaults (rollouts of 2048 "
                   f"steps per env, 32 minibatches, 10 epochs); :vectorised: 32 steps per env, 4 minibatches, 4 epochs",
 }
