@@ -105,7 +105,6 @@ class Agent(ppo_baseline.Agent):
                  total_steps: int = 100_000, **overrides):
         super().__init__(observation_space, action_space, num_envs=num_envs, device=device, seed=seed,
                          total_steps=total_steps, **overrides)
-        self.sequence_length = self.h.sequence_length
         state_size, shape = self.network.state_size, (self.h.num_steps, num_envs)
         self.state = torch.zeros(num_envs, state_size, device=self.device)  # each environment's memory
         self.episode_start = torch.ones(num_envs, dtype=torch.bool, device=self.device)  # the next act() starts one
@@ -117,6 +116,10 @@ class Agent(ppo_baseline.Agent):
             "logprobs": torch.zeros(shape, device=self.device),  # log pi(a_t | s_t) while acting
             "values": torch.zeros(shape, device=self.device),  # V(s_t) while acting
         })
+
+    @property
+    def sequence_length(self) -> int:
+        return self.h.sequence_length
 
     def make_network(self, obs_dim: int) -> nn.Module:
         return RecurrentActorCritic(obs_dim, self.layout, self.h)
