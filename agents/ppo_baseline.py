@@ -250,7 +250,10 @@ class ActorCritic(nn.Module):
         for part in self.parts:
             if isinstance(part, CategoricalPart):
                 probs = out[:, part.outputs].softmax(-1)
-                drawn.append(torch.multinomial(probs, 1, generator=generator).float())
+                # torch.multinomial's own draw for one sample (argmax of p / q, q ~ Exp(1)), without the check of
+                # the probabilities that it reads on the host: on CUDA that read would wait for the device.
+                q = torch.empty_like(probs).exponential_(1, generator=generator)
+                drawn.append((probs / q).argmax(-1, keepdim=True).float())
             else:
                 mean = out[:, part.outputs]
                 noise = torch.randn(mean.shape, generator=generator, device=mean.device)
@@ -413,7 +416,7 @@ class Agent:
                 "approx_kl": approx_kl, "clipfrac": clipped / num_minibatches,
                 # 0 rather than CleanRL's NaN for constant returns: the runner takes a NaN metric for divergence.
                 "explained_variance": torch.where(var_returns > 0, explained_var, 0.0),
-                "learning_rate": torch.tensor(learning_rate, device=self.device)}
+                "learning_rate": torch.full((), learning_rate, device=self.device)}  # a fill, not a host copy
 
     def compile(self, mode: str = "default") -> None:
         """torch.compile the policy and value networks (forward, and backward in the update); mode

@@ -66,7 +66,11 @@ def timed_lab_run(spec_fields: dict, marks_at: tuple[int, int]) -> float:
 
     lab.rollout.evaluate = timed_evaluate
     marks[0] = time.perf_counter()
-    lab.rollout.train(lab.rollout.RunSpec(eval_episodes=1, log=False, progress=False, **spec_fields), on_eval=mark)
+    try:
+        lab.rollout.train(lab.rollout.RunSpec(eval_episodes=1, log=False, progress=False, **spec_fields),
+                          on_eval=mark)
+    finally:
+        lab.rollout.evaluate = evaluate
     start, end = marks_at
     return (end - start) / (marks[end] - marks[start])
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import copy
 import importlib
 
 import gymnasium as gym
+import numpy as np
 
 from agents import closest
 from envs import hybrid, partial, torch_envs
@@ -37,6 +39,7 @@ DEFAULT_STEPS = {
     "Pusher-v5": 500_000,
     "TorchPendulum-v0": 20_000,
     "TorchCartPoleContinuous-v0": 100_000,
+    "TorchCartPole-v0": 100_000,
     "HybridCartPole-v0": 100_000,
     "HybridCartPoleRelaxed-v0": 100_000,
     "CartPoleNoVel-v1": 100_000,
@@ -110,3 +113,62 @@ def make_env(env_id: str, **kwargs) -> gym.Env:
         raise UsageError(f"environment {env_id} has observations {env.observation_space}; the lab's agents need "
                          f"a flat Box (pixel environments are not supported)")
     return env
+
+
+class ExactState(gym.Wrapper):
+    """An environment whose `exact_state` can be read and set: what, besides its random stream, decides its
+    future (the physics and every time limit's step counter), so that a checkpoint can save the running episodes
+    in place of ending them. `exact_state` is None for a kind of environment not known to be restorable: Box2D's
+    worlds, for one, are C++ objects that Python cannot copy. Known: MuJoCo (its MjData, whole: positions,
+    velocities, actuator states, the time and the solver's warm start), classic control (the plain attributes
+    of its environment: state, last action, step counters), and any environment with an `exact_state` property
+    of its own (the lab's hybrid CartPole)."""
+
+    @property
+    def exact_state(self) -> dict | None:
+        inner = self.env.unwrapped
+        if hasattr(inner, "exact_state"):
+            physics = inner.exact_state
+        elif is_mujoco(inner):
+            physics = copy.deepcopy(inner.data)
+        elif type(inner).__module__.startswith("gymnasium.envs.classic_control."):
+            physics = plain_attributes(inner)
+        else:
+            return None
+        return {"physics": physics, "elapsed_steps": [layer._elapsed_steps for layer in self.time_limits()]}
+
+    @exact_state.setter
+    def exact_state(self, state: dict) -> None:
+        inner = self.env.unwrapped
+        if hasattr(inner, "exact_state"):
+            inner.exact_state = state["physics"]
+        elif is_mujoco(inner):
+            import mujoco
+            mujoco.mj_copyData(inner.data, inner.model, state["physics"])  # in place: the renderer holds `data`
+        else:
+            vars(inner).update(copy.deepcopy(state["physics"]))
+        for layer, elapsed in zip(self.time_limits(), state["elapsed_steps"], strict=True):
+            layer._elapsed_steps = elapsed
+
+    def time_limits(self) -> list[gym.wrappers.TimeLimit]:
+        layers, layer = [], self.env
+        while isinstance(layer, gym.Wrapper):
+            if isinstance(layer, gym.wrappers.TimeLimit):
+                layers.append(layer)
+            layer = layer.env
+        return layers
+
+
+def is_mujoco(env: gym.Env) -> bool:
+    return type(env).__module__.startswith("gymnasium.envs.mujoco.") and hasattr(env, "data")
+
+
+def plain_attributes(env: gym.Env) -> dict:
+    """A copy of an environment's attributes that are numbers, arrays or None: a classic-control task's whole
+    state (its constants come along, harmlessly), without its renderer's objects."""
+    return {name: copy.deepcopy(value) for name, value in vars(env).items()
+            if value is None or isinstance(value, (bool, int, float, np.generic, np.ndarray))}
+
+
+def make_restorable_env(env_id: str) -> ExactState:
+    return ExactState(make_env(env_id))

@@ -17,6 +17,8 @@ and its magnitude the force: the usual way to give such a task to a purely conti
 
 from __future__ import annotations
 
+import copy
+
 import gymnasium as gym
 import numpy as np
 from gymnasium.envs.classic_control import CartPoleEnv
@@ -52,6 +54,14 @@ class HybridCartPole(gym.Env):
 
     def close(self):
         self.cartpole.close()
+
+    @property
+    def exact_state(self) -> tuple:  # what a checkpoint saves (envs.ExactState): the inner CartPole's state
+        return copy.deepcopy((self.cartpole.state, self.cartpole.steps_beyond_terminated))
+
+    @exact_state.setter
+    def exact_state(self, state: tuple) -> None:
+        self.cartpole.state, self.cartpole.steps_beyond_terminated = copy.deepcopy(state)
 
     @property
     def np_random(self):  # the checkpoint saves and restores the stream that resets draw from

@@ -25,7 +25,9 @@ import torch
 
 class TorchVectorEnv(gym.vector.VectorEnv):
     """The bookkeeping every batched torch environment shares: spaces, device, RNG, time limit, reset masks.
-    A subclass defines `initial_state(n)`, `observe()` and `advance(actions) -> (reward, terminated)`."""
+    A subclass defines INITIAL_LOW and INITIAL_HIGH (the initial state is uniform between them), `observe()` and
+    `advance(actions) -> (reward, terminated)`. Nothing here reads the device from the host or copies to it after
+    construction: a step, and a masked reset, only queue work on the device."""
 
     metadata = {"autoreset_mode": gym.vector.AutoresetMode.DISABLED}
 
@@ -35,13 +37,23 @@ class TorchVectorEnv(gym.vector.VectorEnv):
         self.observation_space = gym.vector.utils.batch_space(single_observation_space, num_envs)
         self.action_space = gym.vector.utils.batch_space(single_action_space, num_envs)
         self.generator = torch.Generator(device=self.device)
+        self.initial_low = torch.tensor(self.INITIAL_LOW, dtype=torch.float64, device=self.device)
+        self.initial_high = torch.tensor(self.INITIAL_HIGH, dtype=torch.float64, device=self.device)
         self.state = self.initial_state(num_envs)
         self.elapsed = torch.zeros(num_envs, dtype=torch.long, device=self.device)
 
-    def uniform(self, n: int, low, high) -> torch.Tensor:
-        """[n, len(low)] float64 draws from U(low, high), from this environment's stream."""
-        low = torch.as_tensor(low, dtype=torch.float64, device=self.device)
-        high = torch.as_tensor(high, dtype=torch.float64, device=self.device)
+    @property
+    def exact_state(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """What, besides `generator`, decides the environments' future: saved by a checkpoint, set on resuming."""
+        return self.state.clone(), self.elapsed.clone()
+
+    @exact_state.setter
+    def exact_state(self, state: tuple[torch.Tensor, torch.Tensor]) -> None:
+        self.state, self.elapsed = (tensor.to(self.device) for tensor in state)
+
+    def initial_state(self, n: int) -> torch.Tensor:
+        """[n, state size] float64 draws from U(INITIAL_LOW, INITIAL_HIGH), from this environment's stream."""
+        low, high = self.initial_low, self.initial_high
         return low + (high - low) * torch.rand((n, low.numel()), dtype=torch.float64, device=self.device,
                                                generator=self.generator)
 
@@ -65,9 +77,6 @@ class TorchVectorEnv(gym.vector.VectorEnv):
         truncated = self.elapsed >= self.max_episode_steps  # as Gymnasium's TimeLimit: whether or not terminated
         return self.observe(), reward.float(), terminated, truncated, {}
 
-    def initial_state(self, n: int) -> torch.Tensor:
-        raise NotImplementedError
-
     def observe(self) -> torch.Tensor:
         raise NotImplementedError
 
@@ -80,15 +89,13 @@ class TorchPendulum(TorchVectorEnv):
     reward -(angle^2 + 0.1 theta_dot^2 + 0.001 u^2), never terminates, truncated after 200 steps."""
 
     MAX_SPEED, MAX_TORQUE, DT, G, M, L = 8.0, 2.0, 0.05, 10.0, 1.0, 1.0
+    INITIAL_LOW, INITIAL_HIGH = (-math.pi, -1.0), (math.pi, 1.0)
 
     def __init__(self, num_envs: int = 1, device="cpu", max_episode_steps: int = 200):
         high = np.array([1.0, 1.0, self.MAX_SPEED], dtype=np.float32)
         super().__init__(gym.spaces.Box(-high, high, dtype=np.float32),
                          gym.spaces.Box(-self.MAX_TORQUE, self.MAX_TORQUE, (1,), dtype=np.float32), num_envs, device,
                          max_episode_steps)
-
-    def initial_state(self, n):
-        return self.uniform(n, [-math.pi, -1.0], [math.pi, 1.0])
 
     def observe(self):
         theta, theta_dot = self.state.unbind(-1)
@@ -111,14 +118,12 @@ class TorchCartPoleContinuous(TorchVectorEnv):
 
     GRAVITY, MASS_CART, MASS_POLE, LENGTH, FORCE_MAG, TAU = 9.8, 1.0, 0.1, 0.5, 10.0, 0.02
     THETA_THRESHOLD, X_THRESHOLD = 12 * 2 * math.pi / 360, 2.4
+    INITIAL_LOW, INITIAL_HIGH = (-0.05,) * 4, (0.05,) * 4
 
     def __init__(self, num_envs: int = 1, device="cpu", max_episode_steps: int = 500):
         high = np.array([self.X_THRESHOLD * 2, np.inf, self.THETA_THRESHOLD * 2, np.inf], dtype=np.float32)
         super().__init__(gym.spaces.Box(-high, high, dtype=np.float32),
                          gym.spaces.Box(-1.0, 1.0, (1,), dtype=np.float32), num_envs, device, max_episode_steps)
-
-    def initial_state(self, n):
-        return self.uniform(n, [-0.05] * 4, [0.05] * 4)
 
     def observe(self):
         return self.state.float()
@@ -140,6 +145,18 @@ class TorchCartPoleContinuous(TorchVectorEnv):
         return torch.ones(self.num_envs, dtype=torch.float64, device=self.device), terminated
 
 
+class TorchCartPole(TorchCartPoleContinuous):
+    """CartPole-v1 itself: action 0 pushes left and 1 right, with the full force."""
+
+    def __init__(self, num_envs: int = 1, device="cpu", max_episode_steps: int = 500):
+        super().__init__(num_envs, device, max_episode_steps)
+        self.single_action_space = gym.spaces.Discrete(2)
+        self.action_space = gym.vector.utils.batch_space(self.single_action_space, num_envs)
+
+    def advance(self, actions):
+        return super().advance(2 * actions - 1)
+
+
 class SingleTorchEnv(gym.Env):
     """One copy of a batched torch environment on the CPU, as a plain numpy Gymnasium environment: what
     `gym.make` returns for these ids (evaluation uses it). Its time limit comes from gym.make's TimeLimit."""
@@ -159,7 +176,8 @@ class SingleTorchEnv(gym.Env):
 
 
 # Environment id -> (batched class, time limit): registered with Gymnasium by envs/__init__.py.
-TORCH_ENVS = {"TorchPendulum-v0": (TorchPendulum, 200), "TorchCartPoleContinuous-v0": (TorchCartPoleContinuous, 500)}
+TORCH_ENVS = {"TorchPendulum-v0": (TorchPendulum, 200), "TorchCartPoleContinuous-v0": (TorchCartPoleContinuous, 500),
+              "TorchCartPole-v0": (TorchCartPole, 500)}
 
 
 def register() -> None:

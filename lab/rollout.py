@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from agents import make_agent, split_preset
-from envs import is_torch_env, make_env
+from envs import is_torch_env, make_env, make_restorable_env
 from envs.torch_envs import TorchVectorEnv
 from lab import UsageError
 from lab.policy import BEST, POLICY, load_networks, read_policy, save_policy
@@ -59,7 +59,8 @@ class RunSpec:
     log_every: int = 1_000  # steps between reads of the agent's metrics (each read waits for the device)
     eval_every: int = 0  # steps between evaluations; 0: only the final one
     eval_episodes: int = 10
-    checkpoint_every: int = 0  # steps between checkpoints, each cutting the running episodes; 0: none
+    checkpoint_every: int = 0  # steps between checkpoints (cutting the running episodes where the environments'
+    # state cannot be saved); 0: none
     resume: bool = False  # continue from run_dir's checkpoint when there is one
     progress: bool = True  # print progress lines (at each evaluation, and periodically) when no one else shows it
     video_episodes: int = 0  # episodes of the final policy recorded to video.gif (and TensorBoard); 0: none
@@ -79,7 +80,7 @@ def make_vector_env(env_id: str, num_envs: int, device, vectorisation: str = "sy
     if is_torch_env(env_id):
         return gym.make_vec(env_id, num_envs=num_envs, vectorization_mode="vector_entry_point", device=device)
     vector_class = gym.vector.AsyncVectorEnv if vectorisation == "async" else gym.vector.SyncVectorEnv
-    return vector_class([functools.partial(make_env, env_id)] * num_envs,
+    return vector_class([functools.partial(make_restorable_env, env_id)] * num_envs,
                         autoreset_mode=gym.vector.AutoresetMode.DISABLED)
 
 
@@ -95,6 +96,22 @@ def load_env_rng_state(envs, state: list) -> None:
         envs.generator.set_state(state[0])
     else:
         envs.set_attr("np_random", state)
+
+
+def exact_env_state(envs) -> list | None:
+    """What, besides their random streams, decides the environments' future (envs.ExactState); None when one of
+    them cannot be saved: then a checkpoint ends the running episodes instead."""
+    if isinstance(envs, TorchVectorEnv):
+        return [envs.exact_state]
+    states = envs.get_attr("exact_state")
+    return None if any(state is None for state in states) else list(states)
+
+
+def load_exact_env_state(envs, states: list) -> None:
+    if isinstance(envs, TorchVectorEnv):
+        envs.exact_state = states[0]
+    else:
+        envs.set_attr("exact_state", states)
 
 
 def evaluate(agent, env: gym.Env, episodes: int, seed: int, device, frames: list | None = None) -> float:
@@ -150,7 +167,8 @@ def check_finite(metrics: dict[str, float], step: int, spec: RunSpec) -> None:
 
 class EpisodeLog:
     """Returns and lengths of the episodes that the environments end, gathered on the device and read only when
-    asked. An episode cut by a checkpoint is no episode of the task: it is dropped, not logged."""
+    asked. An episode cut by a checkpoint is no episode of the task: it is dropped, not logged. A checkpoint that
+    saves the environments' state saves the running sums too (`running`)."""
 
     def __init__(self, num_envs: int, device):
         self.episode_return = torch.zeros(num_envs, dtype=torch.float64, device=device)
@@ -165,6 +183,14 @@ class EpisodeLog:
         restarted = torch.ones_like(ended) if cut else ended
         self.episode_return = torch.where(restarted, 0.0, self.episode_return)
         self.episode_length = torch.where(restarted, 0, self.episode_length)
+
+    @property
+    def running(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.episode_return, self.episode_length
+
+    @running.setter
+    def running(self, sums: tuple[torch.Tensor, torch.Tensor]) -> None:
+        self.episode_return, self.episode_length = sums
 
     def read(self) -> list[tuple[int, float, int]]:
         """(step, return, length) of every episode that ended since the last read: one host read in all."""
@@ -209,8 +235,14 @@ def train(spec: RunSpec, on_eval: Callable[[int, float], bool] | None = None,
         state = checkpoint["state"]
         # A checkpoint written before best.pt existed: its best is its best evaluation.
         state.setdefault("best_return", max((value for _, value in state["evaluations"]), default=-math.inf))
-        load_env_rng_state(envs, checkpoint["env_rng"])
-        obs, _ = envs.reset()  # the reset the checkpoint was taken just before
+        if "exact_envs" in checkpoint:  # taken between two steps, the episodes running: they go on
+            envs.reset()  # a wrapper may insist on a reset before the first step; its draws are overwritten
+            load_env_rng_state(envs, checkpoint["env_rng"])
+            load_exact_env_state(envs, checkpoint["exact_envs"])
+            obs = checkpoint["obs"]
+        else:
+            load_env_rng_state(envs, checkpoint["env_rng"])
+            obs, _ = envs.reset()  # the reset the checkpoint was taken just before
     else:
         obs, _ = envs.reset(seed=spec.seed * spec.num_envs)  # sub-env i gets seed + i: no two runs share one
         if spec.init_from:
@@ -262,7 +294,11 @@ def train(spec: RunSpec, on_eval: Callable[[int, float], bool] | None = None,
     last_eval = state["evaluations"][-1][0] if state["evaluations"] else 0
     next_eval = (last_eval // eval_every + 1) * eval_every
     next_checkpoint = step + spec.checkpoint_every if spec.checkpoint_every and checkpoint_path else math.inf
+    # Where the environments' state can be saved, a checkpoint changes nothing in training; elsewhere it cuts.
+    saves_envs = next_checkpoint < math.inf and exact_env_state(envs) is not None
     episodes = EpisodeLog(spec.num_envs, device)
+    if resumed and "exact_envs" in checkpoint:
+        episodes.running = checkpoint["episode_log"]
     stopped_at = None
     started, step_at_start = time.perf_counter(), step
     obs_t = to_device(obs)
@@ -272,6 +308,19 @@ def train(spec: RunSpec, on_eval: Callable[[int, float], bool] | None = None,
         start_return = evaluation(0)
         if writer:
             writer.add_scalar("eval/return", start_return, 0)
+    def take_checkpoint(at: int, obs: torch.Tensor | None = None) -> None:
+        """Save; given the observation `obs`, also the environments' exact state and the running episodes."""
+        nonlocal started, step_at_start, next_checkpoint
+        record_episodes()
+        state["step"], state["wall_s"] = at, state["wall_s"] + time.perf_counter() - started
+        started, step_at_start = time.perf_counter(), at
+        if writer:
+            writer.flush()  # every event up to the checkpoint is on disk before it is
+        running = None if obs is None else {"exact_envs": exact_env_state(envs), "obs": obs,
+                                            "episode_log": episodes.running}
+        save_checkpoint(checkpoint_path, agent, state, envs, running)
+        next_checkpoint = at + spec.checkpoint_every
+
     try:
         while step < spec.steps:
             action = agent.act(obs_t)
@@ -285,12 +334,13 @@ def train(spec: RunSpec, on_eval: Callable[[int, float], bool] | None = None,
             step += spec.num_envs
             ended = terminated | truncated  # by the environments themselves: the episodes the log counts
             checkpointing = next_checkpoint <= step < spec.steps  # none at the end: the run is complete
-            if checkpointing:  # a checkpoint ends every episode as a time limit would: then all restart together
+            cutting = checkpointing and not saves_envs
+            if cutting:  # the checkpoint ends every episode as a time limit would: then all restart together
                 truncated = torch.ones_like(truncated)
             agent.observe(next_obs, reward, terminated, truncated)
             metrics = agent.update() or metrics
             done = terminated | truncated
-            episodes.add(step, reward, ended, cut=checkpointing)
+            episodes.add(step, reward, ended, cut=cutting)
 
             if step % spec.log_every < spec.num_envs or step >= spec.steps:
                 record_episodes()
@@ -316,21 +366,16 @@ def train(spec: RunSpec, on_eval: Callable[[int, float], bool] | None = None,
                     stopped_at = step
                     break
 
-            if checkpointing:
-                # Before the reset: the reset draws from the envs' RNG, which the checkpoint holds.
-                record_episodes()
-                state["step"], state["wall_s"] = step, state["wall_s"] + time.perf_counter() - started
-                started, step_at_start = time.perf_counter(), step
-                if writer:
-                    writer.flush()  # every event up to the checkpoint is on disk before it is
-                save_checkpoint(checkpoint_path, agent, state, envs)
-                next_checkpoint = step + spec.checkpoint_every
+            if cutting:  # before the reset: the reset draws from the envs' RNG, which the checkpoint holds
+                take_checkpoint(step)
             if on_device:  # the mask is applied on the device: no host read of `done`
                 next_obs, _ = envs.reset(options={"reset_mask": done})
-            elif done_host.any() or checkpointing:
-                reset_obs, _ = envs.reset(options={"reset_mask": done_host | checkpointing})
+            elif done_host.any() or cutting:
+                reset_obs, _ = envs.reset(options={"reset_mask": done_host | cutting})
                 next_obs = to_device(reset_obs)
             obs_t = next_obs
+            if checkpointing and saves_envs:  # after the resets, with the observation the next step acts on
+                take_checkpoint(step, obs_t)
             if on_progress is not None and time.monotonic() >= next_report:
                 next_report = time.monotonic() + PROGRESS_S
                 report(evaluated=False)
@@ -422,9 +467,10 @@ def unreadable_checkpoint(path: Path, error: BaseException) -> str:
             f"copy?); delete it to train that seed again from the start, then --resume again")
 
 
-def save_checkpoint(path: Path, agent, state: dict, envs) -> None:
-    """A plain dict with everything needed to continue exactly, written atomically."""
-    checkpoint = {"agent": agent.state_dict(), "state": state, "env_rng": env_rng_state(envs)}
+def save_checkpoint(path: Path, agent, state: dict, envs, running: dict | None = None) -> None:
+    """A plain dict with everything needed to continue exactly, written atomically; `running`: the running
+    episodes' (environments' exact state, observation, sums), where they are not cut."""
+    checkpoint = {"agent": agent.state_dict(), "state": state, "env_rng": env_rng_state(envs), **(running or {})}
     temporary = path.with_suffix(".tmp")
     torch.save(checkpoint, temporary)
     os.replace(temporary, path)

@@ -118,6 +118,8 @@ SAC_SMALL = {"learning_starts": 200, "hidden_size": 32}
     ("sac_baseline", SAC_SMALL, "Pendulum-v1", 1, "sync"),
     ("ppo_baseline", {"num_steps": 128, "num_minibatches": 4}, "Pendulum-v1", 1, "sync"),
     ("sac_baseline", SAC_SMALL, "Pendulum-v1", 3, "async"),
+    ("sac_baseline", SAC_SMALL, "HalfCheetah-v5", 1, "sync"),
+    ("sac_baseline", SAC_SMALL, "tests.toy_envs:Count200-v0", 1, "sync"),
     ("ppo_baseline", {"num_steps": 32, "num_minibatches": 4}, "TorchPendulum-v0", 4, "sync"),
     ("ppo_recurrent", {"num_steps": 128, "num_minibatches": 4}, "Pendulum-v1", 1, "sync"),
     ("ppo_recurrent", {"num_steps": 32, "num_minibatches": 4}, "TorchPendulum-v0", 4, "sync"),
@@ -126,8 +128,8 @@ def test_resume_from_checkpoint_continues_exactly(tmp_path, agent, settings, env
     common = dict(agent=agent, env=env, seed=1, steps=1000, eval_every=200, eval_episodes=2, settings=settings,
                   checkpoint_every=300, num_envs=num_envs, vectorisation=vectorisation)
     uninterrupted = train(quiet(run_dir=str(tmp_path / "a"), **common))
-    # Stop after the third evaluation (step 600, or 603 with 3 envs); the last checkpoint is at step 300,
-    # where every episode was cut as by a time limit, in both runs alike.
+    # Stop after the third evaluation (step 600, or 603 with 3 envs); the last checkpoint is at step 300, where
+    # the environments' state was saved (Count200's episodes were cut as by a time limit, in both runs alike).
     evaluations = []
     spec = quiet(run_dir=str(tmp_path / "b"), **common)
     stopped = train(spec, on_eval=lambda step, _: evaluations.append(step) or len(evaluations) < 3)
@@ -167,11 +169,41 @@ def test_a_checkpoint_cuts_episodes_but_never_at_the_end_of_a_run(tmp_path):
     assert record["train_return"] == 5.0
 
 
+@pytest.mark.parametrize("agent,settings,env,num_envs", [
+    ("sac_baseline", SAC_SMALL, "Pendulum-v1", 1),  # classic control
+    ("sac_baseline", SAC_SMALL, "HalfCheetah-v5", 2),  # MuJoCo
+    ("ppo_baseline", {"num_steps": 64, "num_minibatches": 2}, "HybridCartPole-v0", 1),  # the lab's own
+    ("ppo_recurrent", {"num_steps": 32, "num_minibatches": 2}, "TorchPendulum-v0", 4),  # on the device
+])
+def test_a_checkpoint_that_saves_the_environments_changes_nothing_in_training(monkeypatch, tmp_path, agent,
+                                                                            settings, env, num_envs):
+    """Where the environments' state can be saved, checkpoints mid-episode leave the run as it was without them:
+    the same episodes, evaluations and final networks."""
+    made = capture_agent(monkeypatch)
+    common = dict(agent=agent, env=env, seed=2, steps=800, eval_every=400, eval_episodes=1, settings=settings,
+                  num_envs=num_envs)
+    without = train(quiet(**common))
+    with_checkpoints = train(quiet(run_dir=str(tmp_path), checkpoint_every=250, **common))
+    assert without_timing(with_checkpoints) == without_timing(without)
+    assert identical(made[0].state_dict(), made[1].state_dict())  # networks, optimisers, buffers, RNG
+
+
+def identical(a, b) -> bool:
+    if isinstance(a, torch.Tensor):
+        return torch.equal(a, b)
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(identical(a[key], b[key]) for key in a)
+    if isinstance(a, (list, tuple)):
+        return len(a) == len(b) and all(identical(x, y) for x, y in zip(a, b))
+    return a == b
+
+
 def test_episodes_cut_by_checkpoints_are_not_logged(tmp_path):
-    """Pendulum's episodes last 200 steps; checkpoints every 1100 cut the sixth of each 1100 after 100 steps.
-    TensorBoard and train_return see exactly the episodes the environment ended itself."""
+    """Count200's episodes last 200 steps, and its state is not known to be restorable: checkpoints every 1100
+    cut the sixth of each 1100 after 100 steps. TensorBoard and train_return see exactly the episodes the
+    environment ended itself."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-    record = train(RunSpec(agent="sac_baseline", env="Pendulum-v1", seed=0, steps=3000, eval_episodes=1,
+    record = train(RunSpec(agent="sac_baseline", env="tests.toy_envs:Count200-v0", seed=0, steps=3000, eval_episodes=1,
                            checkpoint_every=1100, run_dir=str(tmp_path), progress=False,
                            settings={"learning_starts": 10_000}))
     events = EventAccumulator(str(tmp_path), size_guidance={"scalars": 0})

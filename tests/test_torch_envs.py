@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from envs.torch_envs import TorchCartPoleContinuous, TorchPendulum
+from envs.torch_envs import TorchCartPole, TorchCartPoleContinuous, TorchPendulum
 
 
 def gym_state(env):
@@ -42,8 +42,9 @@ def test_pendulum_trajectories_agree_over_whole_episodes():
         assert np.allclose(our_obs.numpy()[0], obs, atol=1e-3), t
 
 
-def test_continuous_cart_pole_at_full_force_is_cart_pole():
-    reference, ours = gym.make("CartPole-v1"), TorchCartPoleContinuous(num_envs=1)
+@pytest.mark.parametrize("env_class", [TorchCartPoleContinuous, TorchCartPole])
+def test_cart_pole_at_full_force_is_cart_pole(env_class):
+    reference, ours = gym.make("CartPole-v1"), env_class(num_envs=1)
     rng = np.random.default_rng(1)
     for episode in range(5):
         obs, _ = reference.reset(seed=episode)
@@ -53,8 +54,8 @@ def test_continuous_cart_pole_at_full_force_is_cart_pole():
         while not done:
             discrete = int(rng.integers(2))
             obs, reward, terminated, truncated, _ = reference.step(discrete)
-            force = torch.tensor([[1.0 if discrete == 1 else -1.0]])
-            our_obs, our_reward, our_terminated, our_truncated, _ = ours.step(force)
+            action = torch.tensor([[float(discrete)]] if env_class is TorchCartPole else [[2.0 * discrete - 1]])
+            our_obs, our_reward, our_terminated, our_truncated, _ = ours.step(action)
             assert np.allclose(our_obs.numpy()[0], obs, atol=1e-6), (episode, steps)
             assert float(our_reward[0]) == reward == 1.0
             assert (bool(our_terminated[0]), bool(our_truncated[0])) == (terminated, truncated)

@@ -50,6 +50,7 @@ class DieOnce(Count):
 
 
 gym.register("Count-v0", entry_point=Count, max_episode_steps=5)
+gym.register("Count200-v0", entry_point=Count, max_episode_steps=200)  # a toy: checkpoints cut its episodes
 gym.register("CountTerminate-v0", entry_point=Count, max_episode_steps=5, kwargs={"terminate_at": 3})
 gym.register("Crash-v0", entry_point=Count, max_episode_steps=50, kwargs={"crash_at": 40})
 gym.register("DieOnce-v0", entry_point=DieOnce, max_episode_steps=50, kwargs={"die_at": 160})
