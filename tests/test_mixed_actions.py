@@ -137,3 +137,11 @@ def test_the_hybrid_actions_benchmark_prints_its_table(tmp_path):
     table = result.stdout[result.stdout.index("| policy |"):].strip().splitlines()
     assert len(table) == 5 and table[2].startswith("| ppo_baseline | Tuple(Discrete(2), Box([-1, 1]))")
     assert all(row.endswith("| 1 |") for row in table[2:4]) and table[4].endswith("| 100 |")
+
+
+def test_the_categorical_draw_is_torch_multinomials_without_its_host_read():
+    agent = make_agent("ppo_baseline", OBS, gym.spaces.Discrete(4), num_envs=1)
+    logits = torch.randn(2000, 4)
+    ours = agent.network.sample(logits, torch.Generator().manual_seed(5))
+    reference = torch.multinomial(logits.softmax(-1), 1, generator=torch.Generator().manual_seed(5)).float()
+    assert torch.equal(ours, reference)
