@@ -1,13 +1,13 @@
-"""Hybrid actions: ppo_baseline on HybridCartPole-v0's (direction, force) against its continuous relaxation and a
-random policy, as a markdown table.
+"""Hybrid actions: ppo_baseline on HybridCartPole-v1's (engine, push) against its two continuous relaxations and
+a random policy, as a markdown table.
 
     python benchmarks/hybrid_actions.py                          # 4 seeds, 100,000 steps, into runs/hybrid_actions
     python benchmarks/hybrid_actions.py --name hybrid_cartpole   # only the table, when that run has finished
 
-It runs learn_simple.py (ppo_baseline on HybridCartPole-v0 and on HybridCartPoleRelaxed-v0, the same task through
-one signed continuous action) unless runs/NAME already holds its results, plays RANDOM_EPISODES episodes of
-uniformly random hybrid actions, and prints each one's IQM final return with its 95% stratified bootstrap
-interval (lab/stats.py).
+It runs learn_simple.py (ppo_baseline on HybridCartPole-v1, and on HybridCartPoleSigned-v1 and
+HybridCartPoleBox2-v1, the same task through Box actions only: see envs/hybrid.py) unless runs/NAME already
+holds its results, plays RANDOM_EPISODES episodes of uniformly random hybrid actions, and prints each one's IQM
+final return with its 95% stratified bootstrap interval (lab/stats.py).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from envs import make_env  # noqa: E402
 from lab.cli import RUNS  # noqa: E402
 from lab.stats import stratified_bootstrap_ci  # noqa: E402
 
-HYBRID, RELAXED = "HybridCartPole-v0", "HybridCartPoleRelaxed-v0"
+HYBRID, SIGNED, BOX2 = "HybridCartPole-v1", "HybridCartPoleSigned-v1", "HybridCartPoleBox2-v1"
 RANDOM_EPISODES = 100
 
 
@@ -61,14 +61,15 @@ def main() -> int:
     results_path = RUNS / args.name / "results.json"
     if not results_path.exists():
         subprocess.run([sys.executable, str(ROOT / "learn_simple.py"), "--agent", "ppo_baseline", "--envs", HYBRID,
-                        RELAXED, "--seeds", str(args.seeds), "--steps", str(args.steps), "--name", args.name],
+                        SIGNED, BOX2, "--seeds", str(args.seeds), "--steps", str(args.steps), "--name", args.name],
                        check=True)
     records = json.loads(results_path.read_text())["records"]
-    finals = {env: [r["final_return"] for r in records if r["env"] == env] for env in (HYBRID, RELAXED)}
+    finals = {env: [r["final_return"] for r in records if r["env"] == env] for env in (HYBRID, SIGNED, BOX2)}
     rows = ["| policy | action space | IQM final return | 95% CI | seeds or episodes |", "|---|---|---|---|---|",
-            row("ppo_baseline", "Tuple(Discrete(2), Box([-1, 1])): direction and throttle", finals[HYBRID]),
-            row("ppo_baseline, continuous relaxation", "Box([-1, 1]): signed force", finals[RELAXED]),
-            row("uniformly random", "direction and force", random_returns(RANDOM_EPISODES))]
+            row("ppo_baseline", "Tuple(Discrete(2), Box([-1, 1])): engine off or fired, and the push", finals[HYBRID]),
+            row("ppo_baseline, relaxed", "Box([-1, 1]): fired when \\|a\\| > 0.5, push a", finals[SIGNED]),
+            row("ppo_baseline, relaxed", "Box([-1, 1])^2: fired when a > 0, push b", finals[BOX2]),
+            row("uniformly random", "engine and push", random_returns(RANDOM_EPISODES))]
     report = dated(f"Hybrid actions, {args.steps:,} steps", "\n".join(rows))
     print(report)
     if args.markdown:

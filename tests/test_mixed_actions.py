@@ -9,7 +9,7 @@ from torch.distributions import Categorical, Normal
 import tests.toy_envs  # noqa: F401  (registers StructuredActions-v0)
 from agents import make_agent, resolve_hyperparameters
 from envs import make_env
-from envs.hybrid import ENERGY_COST
+from envs.hybrid import IGNITION_COST
 from lab import UsageError
 from lab.policy import load_policy, save_policy
 from lab.rollout import RunSpec, train
@@ -63,48 +63,56 @@ def test_actions_reach_the_environment_in_its_structure():
 
 
 def test_a_policy_file_keeps_a_composite_action_space(tmp_path):
-    env = make_env("HybridCartPole-v0")
+    env = make_env("HybridCartPole-v1")
     agent = make_agent("ppo_baseline", env.observation_space, env.action_space, num_envs=1)
-    save_policy(tmp_path / "policy.pt", agent, "ppo_baseline", "HybridCartPole-v0", env.observation_space,
+    save_policy(tmp_path / "policy.pt", agent, "ppo_baseline", "HybridCartPole-v1", env.observation_space,
                 env.action_space, 0, 0, None)
-    loaded, policy = load_policy(tmp_path / "policy.pt", env="HybridCartPole-v0")
+    loaded, policy = load_policy(tmp_path / "policy.pt", env="HybridCartPole-v1")
     obs = torch.randn(8, 4)
     direction, force = loaded.act(obs, explore=False)
     expected_direction, expected_force = agent.act(obs, explore=False)
     assert torch.equal(direction, expected_direction) and torch.equal(force, expected_force)
     with pytest.raises(UsageError, match="action space"):
-        load_policy(tmp_path / "policy.pt", env="HybridCartPoleRelaxed-v0")
+        load_policy(tmp_path / "policy.pt", env="HybridCartPoleSigned-v1")
 
 
 @pytest.mark.parametrize("agent", ["sac_baseline", "crossq", "sac_crossq_bro", "crossq_cem"])
 def test_off_policy_agents_refuse_mixed_spaces(agent):
-    env = make_env("HybridCartPole-v0")
+    env = make_env("HybridCartPole-v1")
     with pytest.raises(UsageError, match=r"needs a continuous \(Box\) action space, got Tuple"):
         make_agent(agent, env.observation_space, env.action_space)
 
 
 def test_an_off_policy_agent_on_hybrid_actions_is_one_line_and_exit_2(tmp_path):
-    result = learn_simple(tmp_path, "--agent", "sac_baseline", "--envs", "HybridCartPole-v0", "--steps", "100")
+    result = learn_simple(tmp_path, "--agent", "sac_baseline", "--envs", "HybridCartPole-v1", "--steps", "100")
     lines = result.stderr.strip().splitlines()
     assert result.returncode == 2 and len(lines) == 1, result.stderr
     assert "sac_baseline needs a continuous (Box) action space, got Tuple(Discrete(2)" in lines[0]
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
 
 
-def test_hybrid_cartpole_pushes_by_direction_and_force_and_charges_the_energy():
-    hybrid, relaxed, cartpole = (make_env(name) for name in ("HybridCartPole-v0", "HybridCartPoleRelaxed-v0",
-                                                             "CartPole-v1"))
-    for env in (hybrid, relaxed, cartpole):
+def test_hybrid_cartpole_fires_its_engine_with_the_push_and_charges_the_ignition():
+    hybrid, signed, box2, cartpole = (make_env(name) for name in (
+        "HybridCartPole-v1", "HybridCartPoleSigned-v1", "HybridCartPoleBox2-v1", "CartPole-v1"))
+    for env in (hybrid, signed, box2, cartpole):
         env.reset(seed=3)
-    full = hybrid.step((1, np.array([1.0], np.float32)))  # throttle 1: the full force
+    full = hybrid.step((1, np.array([1.0], np.float32)))  # fired, the full push to the right
     expected = cartpole.step(1)  # CartPole's own push: 10 N to the right
     np.testing.assert_allclose(full[0], expected[0])
-    assert full[1] == pytest.approx(1.0 - ENERGY_COST)
-    gentle = hybrid.step((0, np.array([-0.6], np.float32)))  # a fifth of the force
-    assert relaxed.step(np.array([1.0], np.float32))[1] == pytest.approx(1.0 - ENERGY_COST)
-    relaxed_gentle = relaxed.step(np.array([-0.2], np.float32))  # the sign is the direction
-    np.testing.assert_allclose(relaxed_gentle[0], gentle[0])
-    assert gentle[1] == pytest.approx(1.0 - ENERGY_COST * 0.04) == relaxed_gentle[1]
+    assert full[1] == pytest.approx(1.0 - IGNITION_COST)
+    np.testing.assert_allclose(signed.step(np.array([1.0], np.float32))[0], full[0])
+    np.testing.assert_allclose(box2.step(np.array([0.3, 1.0], np.float32))[0], full[0])
+    # Off: no push whatever the push part says, and no charge; the relaxations' thresholds say off too.
+    coasting = hybrid.step((0, np.array([-1.0], np.float32)))
+    assert coasting[1] == 1.0
+    for relaxation, action in ((signed, [0.4]), (box2, [-0.1, -1.0])):
+        step = relaxation.step(np.array(action, np.float32))
+        np.testing.assert_allclose(step[0], coasting[0])
+        assert step[1] == 1.0
+    gentle = hybrid.step((1, np.array([-0.6], np.float32)))  # 6 N to the left
+    np.testing.assert_allclose(signed.step(np.array([-0.6], np.float32))[0], gentle[0])
+    np.testing.assert_allclose(box2.step(np.array([1.0, -0.6], np.float32))[0], gentle[0])
+    assert gentle[1] == pytest.approx(1.0 - IGNITION_COST)
 
 
 def test_a2c_and_vpg_presets_say_their_recipes():
@@ -135,8 +143,8 @@ def test_the_hybrid_actions_benchmark_prints_its_table(tmp_path):
     result = run_script("benchmarks/hybrid_actions.py", tmp_path, "--seeds", "1", "--steps", "300", "--name", "smoke")
     assert result.returncode == 0, result.stderr
     table = result.stdout[result.stdout.index("| policy |"):].strip().splitlines()
-    assert len(table) == 5 and table[2].startswith("| ppo_baseline | Tuple(Discrete(2), Box([-1, 1]))")
-    assert all(row.endswith("| 1 |") for row in table[2:4]) and table[4].endswith("| 100 |")
+    assert len(table) == 6 and table[2].startswith("| ppo_baseline | Tuple(Discrete(2), Box([-1, 1]))")
+    assert all(row.endswith("| 1 |") for row in table[2:5]) and table[5].endswith("| 100 |")
 
 
 def test_the_categorical_draw_is_torch_multinomials_without_its_host_read():

@@ -172,7 +172,7 @@ def test_a_checkpoint_cuts_episodes_but_never_at_the_end_of_a_run(tmp_path):
 @pytest.mark.parametrize("agent,settings,env,num_envs", [
     ("sac_baseline", SAC_SMALL, "Pendulum-v1", 1),  # classic control
     ("sac_baseline", SAC_SMALL, "HalfCheetah-v5", 2),  # MuJoCo
-    ("ppo_baseline", {"num_steps": 64, "num_minibatches": 2}, "HybridCartPole-v0", 1),  # the lab's own
+    ("ppo_baseline", {"num_steps": 64, "num_minibatches": 2}, "HybridCartPole-v1", 1),  # the lab's own
     ("ppo_recurrent", {"num_steps": 32, "num_minibatches": 2}, "TorchPendulum-v0", 4),  # on the device
 ])
 def test_a_checkpoint_that_saves_the_environments_changes_nothing_in_training(monkeypatch, tmp_path, agent,
