@@ -106,7 +106,7 @@ class Hyperparameters(HyperparametersBase):
 
 PRESETS: dict[str, dict] = {
     # The quick check's: every code path at a small fraction of the arithmetic.
-    "quick": {"critic_hidden": 64, "batch_size": 128, "population": 16, "elites": 2},
+    "quick": {"critic_hidden": 64, "batch_size": 128, "population": 16, "elites": 2, "ascent_steps": 3},
 }
 
 # hypertune.py's search when no --param is given, in --param's syntax: the critics' learning rate, the discount,

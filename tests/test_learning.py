@@ -35,9 +35,10 @@ def test_sac_crossq_bro_learns_pendulum():
 
 
 def test_crossq_cem_learns_pendulum():
-    # CEM over a 128-wide critic: the target's 2 x 32 candidates per state cost a quarter of the default's.
-    record = train(RunSpec(agent="crossq_cem", env="Pendulum-v1", seed=0, steps=4000, eval_episodes=5, log=False,
-                           progress=False, settings={"critic_hidden": 128}))
+    # CEM over a 128-wide critic and batches of 128: the search scores every state's candidates and ascends on
+    # each, so its cost follows the batch (seed 0 reaches -192 at 3000 steps; the bar is -700).
+    record = train(RunSpec(agent="crossq_cem", env="Pendulum-v1", seed=0, steps=3000, eval_episodes=5, log=False,
+                           progress=False, settings={"critic_hidden": 128, "batch_size": 128}))
     assert record["final_return"] > -700, record["evaluations"]
 
 
