@@ -108,26 +108,18 @@ def lab_agent(spec: str, seed: int, settings: dict | None = None) -> float:
 
 
 def sb3_sac(seed: int) -> float:
-    import gymnasium as gym
     from stable_baselines3 import SAC
-    from stable_baselines3.common.callbacks import BaseCallback
-    marks = {}
-
-    class Mark(BaseCallback):
-        def _on_step(self):
-            if self.num_timesteps in (SAC_WARMUP, SAC_STEPS):
-                marks[self.num_timesteps] = time.perf_counter()
-            return True
-
-    model = SAC("MlpPolicy", gym.make(ENV), learning_starts=SAC_WARMUP, batch_size=256, seed=seed, device="cpu",
-                policy_kwargs={"net_arch": [256, 256]})
-    model.learn(SAC_STEPS, callback=Mark())
-    return (SAC_STEPS - SAC_WARMUP) / (marks[SAC_STEPS] - marks[SAC_WARMUP])
+    return peer_sac(SAC, seed, device="cpu")
 
 
 def sbx_sac(seed: int) -> float:
-    import gymnasium as gym
     from sbx import SAC
+    return peer_sac(SAC, seed)
+
+
+def peer_sac(sac_class, seed: int, **options) -> float:
+    """SB3's or SBX's SAC with the lab's settings, timed as the lab's is, from SAC_WARMUP to SAC_STEPS."""
+    import gymnasium as gym
     from stable_baselines3.common.callbacks import BaseCallback
     marks = {}
 
@@ -137,8 +129,8 @@ def sbx_sac(seed: int) -> float:
                 marks[self.num_timesteps] = time.perf_counter()
             return True
 
-    model = SAC("MlpPolicy", gym.make(ENV), learning_starts=SAC_WARMUP, batch_size=256, seed=seed,
-                policy_kwargs={"net_arch": [256, 256]})
+    model = sac_class("MlpPolicy", gym.make(ENV), learning_starts=SAC_WARMUP, batch_size=256, seed=seed,
+                      policy_kwargs={"net_arch": [256, 256]}, **options)
     model.learn(SAC_STEPS, callback=Mark())
     return (SAC_STEPS - SAC_WARMUP) / (marks[SAC_STEPS] - marks[SAC_WARMUP])
 
