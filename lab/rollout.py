@@ -308,6 +308,7 @@ def train(spec: RunSpec, on_eval: Callable[[int, float], bool] | None = None,
         start_return = evaluation(0)
         if writer:
             writer.add_scalar("eval/return", start_return, 0)
+
     def take_checkpoint(at: int, obs: torch.Tensor | None = None) -> None:
         """Save; given the observation `obs`, also the environments' exact state and the running episodes."""
         nonlocal started, step_at_start, next_checkpoint
