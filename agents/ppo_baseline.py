@@ -398,18 +398,21 @@ class Agent:
                     v_clipped = mb_values + (new_value - mb_values).clamp(-h.clip_coef, h.clip_coef)
                     v_loss = torch.max(v_loss, (v_clipped - mb_returns).square())
                 v_loss = 0.5 * v_loss.mean()
-                entropy = self.network.entropy(out).mean()
-                loss = pg_loss - h.ent_coef * entropy + h.vf_coef * v_loss
+                loss = pg_loss + h.vf_coef * v_loss
+                if h.ent_coef:  # without a bonus the entropy is only a metric: computed once, after the epochs
+                    loss = loss - h.ent_coef * self.network.entropy(out).mean()
 
                 self.optimizer.zero_grad()
                 loss.backward()
-                nn.utils.clip_grad_norm_(self.params, h.max_grad_norm)
+                nn.utils.clip_grad_norm_(self.params, h.max_grad_norm, foreach=True)
                 self.optimizer.step()
             with torch.no_grad():  # the epoch's last minibatch, as CleanRL's (http://joschu.net/blog/kl-approx.html)
                 approx_kl = ((ratio - 1) - logratio).mean()
             if h.target_kl > 0 and approx_kl.item() > h.target_kl:  # the only host read, and only when asked
                 break
 
+        with torch.no_grad():
+            entropy = self.network.entropy(out).mean()  # the last minibatch's states (after its step, for a Gaussian)
         var_returns = batch["returns"].var()
         explained_var = 1 - (batch["returns"] - batch["values"]).var() / var_returns
         return {"policy_loss": pg_loss.detach(), "value_loss": v_loss.detach(), "entropy": entropy.detach(),
