@@ -110,6 +110,7 @@ class RunningMeanStd:
     def __init__(self, shape: tuple[int, ...], device: torch.device):
         self.mean = torch.zeros(shape, device=device)
         self.var = torch.ones(shape, device=device)
+        self.inv_std = (self.var + NORM_EPS).rsqrt()  # kept with var: normalising is then one multiply
         self.count = 1e-4  # gymnasium's prior: the first batch all but replaces the initial mean 0 and var 1
 
     def update(self, x: torch.Tensor) -> None:
@@ -123,9 +124,10 @@ class RunningMeanStd:
         self.var.mul_(count / total).add_(batch_var, alpha=batch_count / total)
         self.var.addcmul_(delta, delta, value=count * batch_count / total**2)
         self.count = total
+        torch.rsqrt(self.var + NORM_EPS, out=self.inv_std)
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
-        return ((x - self.mean) * (self.var + NORM_EPS).rsqrt()).clamp(-NORM_CLIP, NORM_CLIP)
+        return ((x - self.mean) * self.inv_std).clamp(-NORM_CLIP, NORM_CLIP)
 
     def state_dict(self) -> dict:
         return {"mean": self.mean, "var": self.var, "count": self.count}
@@ -133,6 +135,7 @@ class RunningMeanStd:
     def load_state_dict(self, state: dict) -> None:
         self.mean.copy_(state["mean"])
         self.var.copy_(state["var"])
+        torch.rsqrt(self.var + NORM_EPS, out=self.inv_std)
         self.count = state["count"]
 
 
@@ -340,7 +343,7 @@ class Agent:
         if self.h.norm_reward:
             self.returns.mul_(self.h.gamma).add_(reward)
             self.return_rms.update(self.returns)
-            reward = (reward * (self.return_rms.var + NORM_EPS).rsqrt()).clamp(-NORM_CLIP, NORM_CLIP)
+            reward = (reward * self.return_rms.inv_std).clamp(-NORM_CLIP, NORM_CLIP)
             self.returns.masked_fill_(terminated | truncated, 0.0)  # the next episode's return starts afresh
         rollout["rewards"][t] = reward
         rollout["terminated"][t] = terminated
