@@ -15,7 +15,9 @@ for speed:
   `MultiDiscrete`, or a `Tuple` or `Dict` of Box and discrete spaces, gets the product of a Gaussian per Box and
   a categorical per discrete choice (`ActionLayout`), as minRL's mixed actor;
 - the rollout's log-probs and values are computed in one batch when it is full, not one step at a time;
-- Adam is the fused implementation (one kernel for all parameters); `target_kl` 0 means no early stop.
+- Adam is the fused implementation (one kernel for all parameters); `target_kl` 0 means no early stop;
+- with no entropy bonus (`ent_coef` 0, the default) the entropy is not a loss term but a metric, computed once
+  per update (CleanRL adds 0 times it to every minibatch's loss).
 """
 
 from __future__ import annotations
