@@ -143,7 +143,9 @@ def cem_maximise(score: Callable[[torch.Tensor], torch.Tensor], mean: torch.Tens
     # Acting runs in inference mode, whose tensors autograd cannot use: the ascent works on copies outside it.
     with torch.inference_mode(False), torch.enable_grad():
         found = mean.clone().requires_grad_(True)
-        rprop = torch.optim.Rprop([found], lr=h.ascent_lr, step_sizes=(1e-4, ASCENT_MAX_STEP), maximize=True)
+        # capturable on CUDA: its sign updates then use torch.where, not boolean-mask indexing (a host sync)
+        rprop = torch.optim.Rprop([found], lr=h.ascent_lr, step_sizes=(1e-4, ASCENT_MAX_STEP), maximize=True,
+                                  capturable=found.device.type == "cuda")
         for _ in range(h.ascent_steps):
             (found.grad,) = torch.autograd.grad(score(found.unsqueeze(1)).sum(), found)
             rprop.step()
