@@ -56,9 +56,7 @@ crossq's: 256 units. At 1024 each update would cost 16 times more.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
-import itertools
 from typing import Callable
 
 import torch
@@ -90,7 +88,6 @@ class Hyperparameters(HyperparametersBase):
     exploration_noise: float = 0.2  # std of the Gaussian noise on the action when exploring, scaled range
     target_noise: float = 0.2  # std of the noise on the target's a', scaled range (TD3's smoothing); 0: none
     target_noise_clip: float = 0.5  # that noise is clipped to +-this (TD3's)
-    search_tau: float = 0.005  # Polyak rate of the critics' copy that searches the target's a'; 1: no copy
     bn_momentum: float = 0.01  # rate at which BatchRenorm's running statistics follow the batches
     bn_warmup: int = 100_000  # training passes of plain BatchNorm before renormalisation starts
     bn_r_max: float = 3.0  # BatchRenorm's bound on the std correction r
@@ -98,13 +95,11 @@ class Hyperparameters(HyperparametersBase):
 
     positive = ("buffer_size", "batch_size", "q_lr", "replay_ratio", "critic_hidden", "n_critics", "population",
                 "elites", "iterations", "init_std", "ascent_lr", "bn_momentum", "bn_r_max")
-    unit_interval = ("gamma", "adam_beta1", "bn_momentum", "search_tau")
+    unit_interval = ("gamma", "adam_beta1", "bn_momentum")
 
     def check(self) -> None:
         super().check()
         crossq.check_batch_renorm_recipe(self)
-        if self.search_tau <= 0:
-            raise UsageError(f"hyperparameter search_tau must be in (0, 1] (1: the online critics), got {self.search_tau}")
         if self.elites > self.population:
             raise UsageError(f"hyperparameter elites ({self.elites}) must not exceed population ({self.population})")
 
@@ -171,25 +166,14 @@ class Agent(crossq.Agent):
         # Not learned, but kept with the learner: the warm start of each environment's search.
         self.cem_start = torch.zeros((self.num_envs, self.action_dim), device=self.device)
         self.checkpointed = {"critic": self.critic, "q_optimizer": self.q_optimizer}
-        self.search_critic = self.critic
-        if h.search_tau < 1:  # the lagged copy follows weights and running statistics alike
-            self.search_critic = copy.deepcopy(self.critic).requires_grad_(False)
-            followed = lambda critic: [t for t in itertools.chain(critic.parameters(), critic.buffers())
-                                       if t.is_floating_point()]
-            self.polyak_pairs = followed(self.search_critic), followed(self.critic)
-            self.checkpointed["search_critic"] = self.search_critic
 
-    def greedy(self, obs: torch.Tensor, start: torch.Tensor, generator: torch.Generator,
-               critic: crossq.Critics | None = None) -> torch.Tensor:
-        """The search's answer for each state, in the scaled action range [-1, 1], on `critic` (the online
-        critics by default) in evaluation mode."""
-        critic = critic or self.critic
-
+    def greedy(self, obs: torch.Tensor, start: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """The search's answer for each state, in the scaled action range [-1, 1]; the critics in evaluation mode."""
         def min_q(candidates):  # [B, P, A] -> [B, P]
             population = candidates.shape[1]
             states = obs.unsqueeze(1).expand(-1, population, -1).flatten(0, 1)
             actions = candidates.flatten(0, 1) * self.action_scale + self.action_bias
-            return critic(states, actions).min(dim=0).values.view(-1, population)
+            return self.critic(states, actions).min(dim=0).values.view(-1, population)
 
         return cem_maximise(min_q, start, self.h, generator)
 
@@ -216,14 +200,10 @@ class Agent(crossq.Agent):
         obs, actions, rewards, next_obs, terminated = self.buffer.sample(self.h.batch_size, self.generator)
         with torch.no_grad():
             start = torch.zeros((next_obs.shape[0], self.action_dim), device=self.device)
-            next_scaled = self.greedy(next_obs, start, self.generator, self.search_critic)
+            next_scaled = self.greedy(next_obs, start, self.generator)
             if self.h.target_noise > 0:  # TD3's target smoothing: a' is not the critics' sharpest peak
                 noise = torch.randn(next_scaled.shape, device=self.device, generator=self.generator)
                 clip = self.h.target_noise_clip
                 next_scaled = (next_scaled + (self.h.target_noise * noise).clamp(-clip, clip)).clamp(-1, 1)
             next_actions = next_scaled * self.action_scale + self.action_bias
-        metrics = self.critic_step(obs, actions, rewards, next_obs, terminated, next_actions, 0.0)
-        if self.h.search_tau < 1:
-            with torch.no_grad():  # Polyak: copy <- (1 - tau) * copy + tau * online, all tensors in one call
-                torch._foreach_lerp_(self.polyak_pairs[0], self.polyak_pairs[1], self.h.search_tau)
-        return metrics
+        return self.critic_step(obs, actions, rewards, next_obs, terminated, next_actions, 0.0)

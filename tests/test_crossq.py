@@ -347,7 +347,7 @@ def test_cem_targets_smooth_the_searchs_answer_within_the_clip(target_noise):
         agent.act(torch.randn(1, 3))
         agent.observe(torch.randn(1, 3), torch.zeros(1), torch.tensor([False]), torch.tensor([False]))
     answer = torch.full((64, 1), 0.9)  # the search's answer, in the scaled range
-    agent.greedy = lambda obs, start, generator, critic=None: answer
+    agent.greedy = lambda obs, start, generator: answer
     seen = {}
     agent.critic_step = lambda *args: seen.setdefault("next_actions", args[5])
     agent.gradient_step()
