@@ -112,7 +112,8 @@ class RunningMeanStd:
     def __init__(self, shape: tuple[int, ...], device: torch.device):
         self.mean = torch.zeros(shape, device=device)
         self.var = torch.ones(shape, device=device)
-        self.inv_std = (self.var + NORM_EPS).rsqrt()  # kept with var: normalising is then one multiply
+        self.inv_std = torch.empty(shape, device=device)  # kept with var: normalising is then one multiply
+        self.refresh_inv_std()
         self.count = 1e-4  # gymnasium's prior: the first batch all but replaces the initial mean 0 and var 1
 
     def update(self, x: torch.Tensor) -> None:
@@ -126,7 +127,11 @@ class RunningMeanStd:
         self.var.mul_(count / total).add_(batch_var, alpha=batch_count / total)
         self.var.addcmul_(delta, delta, value=count * batch_count / total**2)
         self.count = total
-        torch.rsqrt(self.var + NORM_EPS, out=self.inv_std)
+        self.refresh_inv_std()
+
+    def refresh_inv_std(self) -> None:
+        """inv_std = 1 / sqrt(var + eps), written in place: whenever var changes."""
+        torch.add(self.var, NORM_EPS, out=self.inv_std).rsqrt_()
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
         return ((x - self.mean) * self.inv_std).clamp(-NORM_CLIP, NORM_CLIP)
@@ -137,7 +142,7 @@ class RunningMeanStd:
     def load_state_dict(self, state: dict) -> None:
         self.mean.copy_(state["mean"])
         self.var.copy_(state["var"])
-        torch.rsqrt(self.var + NORM_EPS, out=self.inv_std)
+        self.refresh_inv_std()
         self.count = state["count"]
 
 
