@@ -10,7 +10,7 @@ import time
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from agents import AGENTS as ALL_AGENTS
+from agents import AGENTS as ALL_AGENTS, split_preset
 from tests.test_learn_simple import ROOT, run_script
 
 # Every agent, small: the off-policy agents' quick presets, updating from step 600, and the PPOs' vectorised preset
@@ -24,7 +24,7 @@ def learn_vectorised(cwd, *args, timeout=300):
 
 
 def test_the_agents_here_are_every_agent():
-    assert sorted(spec.split(":")[0] for spec in OFF_POLICY + ON_POLICY) == sorted(ALL_AGENTS)
+    assert sorted(split_preset(spec)[0] for spec in OFF_POLICY + ON_POLICY) == sorted(ALL_AGENTS)
 
 
 @pytest.mark.parametrize("agents,settings", [(OFF_POLICY, ["--set", "learning_starts=600"]), (ON_POLICY, [])],
