@@ -156,18 +156,20 @@ class Agent(OffPolicyAgent):
         L_Q = sum_i mean (Q_i(s, a) - y)^2
         L_pi = mean (alpha * log pi(a~|s) - min_i Q_i(s, a~))    critic in evaluation mode
         """
-        h = self.h
-        obs, actions, rewards, next_obs, terminated = self.buffer.sample(h.batch_size, self.generator)
+        obs, actions, rewards, next_obs, terminated = self.buffer.sample(self.h.batch_size, self.generator)
         with torch.no_grad():
-            next_mean, next_log_std = self.actor(next_obs)
-            noise = torch.randn(next_mean.shape, device=self.device, generator=self.generator)
-            next_actions, next_log_pi = tanh_gaussian(next_mean, next_log_std, noise, self.action_scale,
-                                                      self.action_bias)
-        next_entropy_bonus = -self.log_alpha.detach().exp() * next_log_pi
-        metrics = self.critic_step(obs, actions, rewards, next_obs, terminated, next_actions, next_entropy_bonus)
-        if self.critic_updates % h.policy_delay == 0:
+            next_actions, next_bonus = self.next_actions_and_bonus(next_obs)
+        metrics = self.critic_step(obs, actions, rewards, next_obs, terminated, next_actions, next_bonus)
+        if self.critic_updates % self.h.policy_delay == 0:
             self.actor_metrics = self.actor_step(obs)
         return {**metrics, **self.actor_metrics}
+
+    def next_actions_and_bonus(self, next_obs):
+        """The target's a' ~ pi(.|s') and its entropy bonus -alpha * log pi(a'|s')."""
+        next_mean, next_log_std = self.actor(next_obs)
+        noise = torch.randn(next_mean.shape, device=self.device, generator=self.generator)
+        next_actions, next_log_pi = tanh_gaussian(next_mean, next_log_std, noise, self.action_scale, self.action_bias)
+        return next_actions, -self.log_alpha.detach().exp() * next_log_pi
 
     def critic_step(self, obs, actions, rewards, next_obs, terminated, next_actions, next_bonus):
         """The critics' update from one joint pass; `next_bonus` is added to min_i Q_i(s', a') in the target."""

@@ -6,7 +6,18 @@ import datetime
 import os
 import platform
 import sys
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as installed_version
 from pathlib import Path
+
+SIMULATORS = ("gymnasium", "mujoco", "box2d")
+
+
+def version(package: str) -> str:
+    try:
+        return installed_version(package)
+    except PackageNotFoundError:
+        return "absent"
 
 
 def machine() -> str:
@@ -18,7 +29,9 @@ def machine() -> str:
         model = names[0] if names else model
     import torch
     gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU"
-    return f"{model}, {len(os.sched_getaffinity(0))} cores, {gpu}, torch {torch.__version__}"
+    # The simulators' versions too: a new MuJoCo changes every learning curve, the same seed's included.
+    simulators = ", ".join(f"{name} {version(name)}" for name in SIMULATORS)
+    return f"{model}, {len(os.sched_getaffinity(0))} cores, {gpu}, torch {torch.__version__}, {simulators}"
 
 
 def dated(title: str, table: str) -> str:

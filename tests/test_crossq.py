@@ -239,8 +239,9 @@ def test_cem_scores_every_problems_whole_population_at_once():
         return -candidates.square().sum(-1)
 
     cem_maximise(score, torch.zeros(16, 3), Hyperparameters(population=64, elites=6, iterations=6), torch.Generator())
-    # 6 CEM iterations on [16, 64, 3], 15 ascent steps on one action per problem, and the final comparison.
-    assert calls == [(16, 64, 3)] * 6 + [(16, 1, 3)] * (15 + 2)
+    # 6 CEM iterations on [16, 64, 3], 15 ascent steps on one action per problem, and the final comparison of
+    # the start, CEM's answer and the ascent's.
+    assert calls == [(16, 64, 3)] * 6 + [(16, 1, 3)] * 15 + [(16, 3, 3)]
 
 
 def test_the_ascent_keeps_cems_answer_where_it_scores_higher():
@@ -261,9 +262,21 @@ def test_cem_stays_in_bounds_when_the_optimum_lies_outside():
     assert bool((found <= 1).all()) and float(found.mean()) > 0.8  # pressed against the bound, never beyond
 
 
-def test_cem_agent_warm_starts_within_an_episode_and_afresh_after_it():
+def test_the_search_never_answers_worse_than_its_start():
+    from agents.crossq_cem import Hyperparameters, cem_maximise
+    start = torch.full((64, 2), 0.3)  # a narrow peak at the start, which the whole box's samples all miss
+
+    def score(candidates):
+        return torch.where((candidates - 0.3).abs().amax(-1) < 1e-3, 1.0, -candidates.square().sum(-1) / 10)
+
+    found = cem_maximise(score, start, Hyperparameters(), torch.Generator().manual_seed(0))
+    assert torch.equal(found, start)
+
+
+def test_cem_agent_starts_every_search_from_the_priors_mean_action():
     agent = make_agent("crossq_cem", *pendulum_like(), num_envs=2, total_steps=100,
-                       settings={"learning_starts": 0, "critic_hidden": 16, "population": 8, "elites": 2})
+                       settings={"learning_starts": 0, "critic_hidden": 16, "actor_hidden": 16, "population": 8,
+                                 "elites": 2})
     import agents.crossq_cem as module
     seen, original = [], module.cem_maximise
 
@@ -272,20 +285,15 @@ def test_cem_agent_warm_starts_within_an_episode_and_afresh_after_it():
         return original(score, mean, h, generator)
 
     module.cem_maximise = spy
+    obs = torch.randn(2, 3)
     try:
-        agent.act(torch.randn(2, 3))
-        answer = agent.cem_start.clone()
-        agent.observe(torch.randn(2, 3), torch.zeros(2), torch.tensor([True, False]), torch.tensor([False, False]))
-        agent.act(torch.randn(2, 3))
-        agent.act(torch.randn(2, 3), explore=False)
-        agent.observe(torch.randn(2, 3), torch.zeros(2), torch.tensor([False, False]), torch.tensor([False, True]))
-        agent.act(torch.randn(2, 3))
+        agent.act(obs)
+        agent.act(obs, explore=False)
     finally:
         module.cem_maximise = original
-    assert torch.equal(seen[0], torch.zeros(2, 1))
-    assert torch.equal(seen[1][0], torch.zeros(1)) and torch.equal(seen[1][1], answer[1])  # env 0's episode ended
-    assert torch.equal(seen[2], torch.zeros(2, 1))  # evaluation never starts from training's search
-    assert float(seen[3][1]) == 0.0 and float(seen[3][0]) != 0.0  # a time limit ends the search too
+    prior_mean = torch.tanh(agent.actor(obs)[0]).detach()
+    assert torch.allclose(seen[0], prior_mean) and torch.allclose(seen[1], prior_mean)
+    assert float(prior_mean.abs().min()) > 0  # a real start, not the box's centre
 
 
 def test_bro_critic_is_residual_with_about_5m_parameters_and_decays_only_linear_weights():
@@ -339,21 +347,30 @@ def test_the_batch_renorm_recipe_rejects_values_that_would_fail_later(agent_name
 
 
 @pytest.mark.parametrize("target_noise", [0.0, 0.2])
-def test_cem_targets_smooth_the_searchs_answer_within_the_clip(target_noise):
+def test_cem_search_targets_smooth_the_searchs_answer_within_the_clip(target_noise):
     agent = make_agent("crossq_cem", *pendulum_like(), total_steps=100,
-                       settings={"learning_starts": 0, "critic_hidden": 16, "population": 8, "elites": 2,
-                                 "batch_size": 64, "target_noise": target_noise, "target_noise_clip": 0.3})
-    for _ in range(4):
-        agent.act(torch.randn(1, 3))
-        agent.observe(torch.randn(1, 3), torch.zeros(1), torch.tensor([False]), torch.tensor([False]))
+                       settings={"critic_hidden": 16, "td_target": "search", "target_noise": target_noise,
+                                 "target_noise_clip": 0.3})
     answer = torch.full((64, 1), 0.9)  # the search's answer, in the scaled range
     agent.greedy = lambda obs, start, generator: answer
-    seen = {}
-    agent.critic_step = lambda *args: seen.setdefault("next_actions", args[5])
-    agent.gradient_step()
-    scaled = (seen["next_actions"] - agent.action_bias) / agent.action_scale
+    next_actions, bonus = agent.next_actions_and_bonus(torch.randn(64, 3))
+    scaled = (next_actions - agent.action_bias) / agent.action_scale
+    assert bonus == 0.0  # QT-Opt's target: no entropy
     if target_noise == 0:
         assert torch.allclose(scaled, answer)
     else:  # TD3's smoothing: noise clipped to +-0.3, the action to the box
         assert not torch.allclose(scaled, answer)
         assert bool(((scaled >= 0.6 - 1e-6) & (scaled <= 1.0)).all()) and bool((scaled == 1.0).any())
+
+
+def test_cem_prior_targets_are_crossqs_soft_targets_without_a_search():
+    agent = make_agent("crossq_cem", *pendulum_like(), total_steps=100,
+                       settings={"critic_hidden": 16, "actor_hidden": 16})
+
+    def no_search(*args):
+        raise AssertionError("the prior's targets need no search")
+
+    agent.greedy = no_search
+    next_actions, bonus = agent.next_actions_and_bonus(torch.randn(64, 3))
+    assert next_actions.shape == (64, 1) and bool((next_actions.abs() <= 2).all())  # Pendulum's bound
+    assert bonus.shape == (64,) and bool((bonus != 0).all())  # -alpha * log pi(a'|s'), as crossq's

@@ -31,3 +31,10 @@ def test_an_existing_name_without_resume_is_one_line_and_exit_2(tmp_path):
     result = run_script("benchmarks/validation.py", tmp_path, *SMOKE, timeout=120)
     lines = result.stderr.strip().splitlines()
     assert result.returncode == 2 and len(lines) == 1 and "runs/v exists" in lines[0], result.stderr
+
+
+def test_every_benchmark_table_names_the_simulators_versions():
+    from benchmarks.report import machine
+    from importlib.metadata import version
+    line = machine()
+    assert f"gymnasium {version('gymnasium')}" in line and f"mujoco {version('mujoco')}" in line, line
