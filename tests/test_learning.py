@@ -9,7 +9,8 @@ from lab.rollout import RunSpec, train
 
 
 def test_sac_learns_pendulum():
-    record = train(RunSpec(agent="sac_baseline", env="Pendulum-v1", seed=0, steps=5000, eval_episodes=5,
+    # seed 0 reaches -200 at 4000 steps, the end of its climb (-930 at 3000)
+    record = train(RunSpec(agent="sac_baseline", env="Pendulum-v1", seed=0, steps=4000, eval_episodes=5,
                            log=False, progress=False))
     assert record["final_return"] > -500, record["evaluations"]
 
@@ -49,7 +50,8 @@ def test_ppo_vectorised_preset_learns_cartpole_on_16_envs():
 
 
 def test_sac_learns_the_torch_pendulum():
-    # The batched torch Pendulum, stepping on the agent's device, learns as Gymnasium's does (see above).
-    record = train(RunSpec(agent="sac_baseline", env="TorchPendulum-v0", seed=0, steps=5000, num_envs=2,
+    # The batched torch Pendulum, stepping on the agent's device, learns as Gymnasium's does (see above): seed 0
+    # reaches -74 at 4000 steps.
+    record = train(RunSpec(agent="sac_baseline", env="TorchPendulum-v0", seed=0, steps=4000, num_envs=2,
                            eval_episodes=5, log=False, progress=False))
     assert record["final_return"] > -500, record["evaluations"]
