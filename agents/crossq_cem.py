@@ -149,8 +149,8 @@ def cem_maximise(score: Callable[[torch.Tensor], torch.Tensor], mean: torch.Tens
         found = ascending.detach()
     with torch.no_grad():  # the best of the start, CEM's answer and the ascent's: never worse than the start
         finalists = torch.stack([start, mean, found], dim=1)  # [B, 3, A]
-        best = score(finalists).argmax(dim=1)  # [B]
-        return finalists[torch.arange(batch, device=mean.device), best]
+        best = score(finalists).argmax(dim=1, keepdim=True)  # [B, 1]
+        return finalists.gather(1, best.unsqueeze(-1).expand(-1, -1, action_dim)).squeeze(1)
 
 
 class Agent(crossq.Agent):
